@@ -1,0 +1,114 @@
+"""The `qvpo` command: train | evaluate | code-hash (and the report commands).
+
+A mistake of the user's is one line on stderr and exit code 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from qvpo.errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's usage dump becomes our one line
+        raise UserError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from qvpo.report import add_report_commands
+
+    p = _Parser(prog="qvpo", description="Diffusion-policy online RL: QVPO and its baselines.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train one run (resumes a run directory of the same identity)")
+    t.add_argument("--algo", required=True, help="qvpo, sac, td3, ppo, spo, dipo or qsm")
+    t.add_argument("--env", required=True, help="a gymnasium env id with a Box action space, e.g. Hopper-v5")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--steps", type=int, required=True, help="environment steps in all")
+    t.add_argument("--out", type=Path, required=True, help="the run directory")
+    t.add_argument("--config", action="append", default=[], help="YAML file of settings (repeatable)")
+    t.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one setting (repeatable; typed by the algorithm's settings)")
+    t.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: CUDA when present)")
+    t.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    t.add_argument("--restart", action="store_true", help="discard whatever RUN_DIR holds and start afresh")
+    t.add_argument("--progress", choices=["auto", "bar", "log"], default="auto")
+
+    e = sub.add_parser("evaluate", help="evaluate a run directory's saved policy")
+    e.add_argument("run_dir", type=Path)
+    e.add_argument("--episodes", type=int, default=10)
+    e.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
+    e.add_argument("--device", default="auto")
+    e.add_argument("--threads", type=int, default=None)
+
+    h = sub.add_parser("code-hash", help="print the hash of the code a training run of ALGO executes")
+    h.add_argument("--algo", required=True)
+
+    add_report_commands(sub)
+    return p
+
+
+def cmd_train(args) -> int:
+    from qvpo.loop import Trainer, TrainRequest
+    from qvpo.settings import load_yaml_mapping, parse_assignment
+
+    overrides: dict = {}
+    for path in args.config:
+        overrides.update(load_yaml_mapping(path))
+    for text in args.sets:
+        key, value = parse_assignment(text)
+        overrides[key] = value
+    progress = {"auto": None, "bar": True, "log": False}[args.progress]
+    req = TrainRequest(args.algo, args.env, args.seed, args.steps, args.out, overrides, args.device, args.threads,
+                       args.restart, progress)
+    return Trainer(req).run()
+
+
+def cmd_evaluate(args) -> int:
+    import torch
+
+    from qvpo.checkpoint import atomic_write_text
+    from qvpo.loop import evaluate_run
+
+    if args.threads is not None:
+        if args.threads <= 0:
+            raise UserError(f"--threads must be positive, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    result = evaluate_run(args.run_dir, args.episodes, args.device)
+    text = json.dumps(result, indent=2) + "\n"
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(args.out, text)
+    print(text, end="")
+    return 0
+
+
+def cmd_code_hash(args) -> int:
+    from qvpo import algos, runlog
+
+    algos.get(args.algo)
+    print(runlog.code_hash(args.algo))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "code-hash": cmd_code_hash}
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        handler = COMMANDS.get(args.command) or args.handler
+        return handler(args)
+    except UserError as e:
+        print(f"qvpo: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("qvpo: interrupted", file=sys.stderr)
+        return 130
+
+
+def entry() -> None:
+    sys.exit(main())

@@ -1,0 +1,424 @@
+"""The training loop every algorithm runs, evaluation, and exact checkpoint/resume.
+
+One loop for all seven algorithms: act (uniformly at random during an off-policy
+warm-up), step the env pool, `agent.observe`, `agent.update`; evaluate, record and
+checkpoint on schedule. On SIGTERM/SIGUSR1 (what SLURM sends before a time limit)
+it checkpoints and exits; on a non-finite loss, parameter or return it stops and
+keeps the last good checkpoint.
+"""
+from __future__ import annotations
+
+import math
+import random
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from qvpo import algos, checkpoint, runlog
+from qvpo.agent import Agent, uniform_actions
+from qvpo.envs import EnvPool
+from qvpo.errors import UserError
+from qvpo.settings import as_dict, resolve
+
+CKPT_DIR = "checkpoint"
+STATE_FILE = "state.pt"
+TRAIN_EVAL_SEED = 100_000
+"""Evaluation episodes during training reset with seed TRAIN_EVAL_SEED + 1000*seed + i."""
+FINAL_EVAL_SEED = 200_000
+"""`qvpo evaluate` uses other start states than the evaluations it is compared with."""
+
+
+class Diverged(Exception):
+    """Training produced a non-finite number."""
+
+
+class Interrupted(Exception):
+    """A termination signal arrived; a checkpoint was written."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def pick_device(name: str) -> torch.device:
+    """auto: CUDA when present, else the CPU; never hard-coded."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"invalid device {name!r} (use auto, cpu, cuda or cuda:N)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"unsupported device {name!r} (use auto, cpu, cuda or cuda:N)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} requested but CUDA is not available here")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(legacy=False), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(_tuples(state["python"]))
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuples(x):
+    return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def to_obs(obs: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.as_tensor(obs, dtype=torch.float32, device=device)
+
+
+@torch.no_grad()
+def evaluate(agent: Agent, env_id: str, episodes: int, seed: int, mode: str) -> np.ndarray:
+    """Returns of `episodes` episodes run in lockstep, env i reset with seed + i."""
+    pool = EnvPool(env_id, episodes, seed)
+    returns = np.zeros(episodes)
+    running = np.ones(episodes, dtype=bool)
+    while running.any():
+        action = agent.act(to_obs(pool.obs, agent.device), mode).cpu().numpy()
+        tr = pool.step(action)
+        returns += np.where(running, tr.reward, 0.0)
+        running &= ~(tr.terminated | tr.truncated)
+    pool.close()
+    return returns
+
+
+@dataclass
+class TrainRequest:
+    algo: str
+    env_id: str
+    seed: int
+    steps: int
+    out: Path
+    overrides: dict
+    device: str = "auto"
+    threads: int | None = None
+    restart: bool = False
+    progress: bool | None = None
+
+
+class Trainer:
+    def __init__(self, req: TrainRequest):
+        if req.steps <= 0:
+            raise UserError(f"--steps must be positive, got {req.steps}")
+        if req.threads is not None and req.threads <= 0:
+            raise UserError(f"--threads must be positive, got {req.threads}")
+        self.req = req
+        self.agent_cls = algos.get(req.algo)
+        self.settings = resolve(self.agent_cls.Settings, req.overrides)
+        self.device = pick_device(req.device)
+        if req.threads:
+            torch.set_num_threads(req.threads)
+        self.run_dir = Path(req.out)
+        self.code = runlog.code_hash(req.algo)
+        self.settings_dict = as_dict(self.settings)
+        self.identity = runlog.identity(req.algo, req.env_id, req.seed, self.settings_dict, self.code)
+        self.pool = EnvPool(req.env_id, getattr(self.settings, "num_envs", 1), req.seed)
+        self._signal: int | None = None
+
+    # -- run directory ------------------------------------------------------------------
+    def prepare_dir(self) -> dict | None:
+        """Refuse a directory of another run; returns the existing meta of this run, if any."""
+        d = self.run_dir
+        meta = runlog.read_meta(d)
+        if self.req.restart and d.exists():
+            shutil.rmtree(d)
+            meta = None
+        elif meta is not None and meta.get("identity") != self.identity:
+            diffs = [k for k in ("algo", "env", "seed", "code_hash") if meta.get(k) != self._meta_base()[k]]
+            what = ", ".join(diffs) if diffs else "settings"
+            raise UserError(f"{d} holds another run (its {what} differ); use --restart to replace it")
+        elif meta is None and d.exists() and any(d.iterdir()):
+            raise UserError(f"{d} exists and is not a qvpo run directory; use --restart to replace it")
+        d.mkdir(parents=True, exist_ok=True)
+        (d / CKPT_DIR).mkdir(exist_ok=True)
+        return meta
+
+    def _meta_base(self) -> dict:
+        r = self.req
+        return {"identity": self.identity, "algo": r.algo, "env": r.env_id, "seed": r.seed, "code_hash": self.code}
+
+    # -- checkpoint ---------------------------------------------------------------------
+    def save_checkpoint(self, step: int) -> None:
+        ckdir = self.run_dir / CKPT_DIR
+        storage = {name: buf.save_blocks(ckdir, name, step) for name, buf in self.agent.storage().items()}
+        state = {"step": step, "agent": self.agent.state_dict(), "pool": self.pool.state(), "rng": rng_state(),
+                 "action_rng": self.action_rng.bit_generator.state, "episode": self.episode_state(),
+                 "metric_sums": dict(self.metric_sums),
+                 "metric_counts": dict(self.metric_counts), "storage": storage,
+                 "wall_time": self.wall_time(), "last_eval": self.last_eval}
+        checkpoint.save(state, ckdir / STATE_FILE)
+        keep = {STATE_FILE} | {f for buf in self.agent.storage().values() for f in buf.files()}
+        for f in ckdir.iterdir():
+            if f.name not in keep and not f.name.startswith("."):
+                f.unlink()
+        self.meta.update(step=step, wall_time_s=round(self.wall_time(), 3), last_eval_return=self.last_eval)
+        runlog.write_meta(self.run_dir, self.meta)
+
+    def load_checkpoint(self) -> int:
+        ckdir = self.run_dir / CKPT_DIR
+        state = checkpoint.load(ckdir / STATE_FILE)
+        self.agent.load_state_dict(state["agent"])
+        for name, buf in self.agent.storage().items():
+            buf.load_blocks(ckdir, state["storage"][name])
+        self.pool.load_state(state["pool"])
+        set_rng_state(state["rng"])
+        self.action_rng.bit_generator.state = state["action_rng"]
+        self.ep_return = state["episode"]["returns"].numpy().copy()
+        self.ep_length = state["episode"]["lengths"].numpy().copy()
+        self.metric_sums = dict(state["metric_sums"])
+        self.metric_counts = dict(state["metric_counts"])
+        self.time_before = state["wall_time"]
+        self.last_eval = state["last_eval"]
+        return int(state["step"])
+
+    def episode_state(self) -> dict:
+        return {"returns": torch.from_numpy(self.ep_return.copy()), "lengths": torch.from_numpy(self.ep_length.copy())}
+
+    def wall_time(self) -> float:
+        return self.time_before + time.monotonic() - self.t_start
+
+    # -- the loop -----------------------------------------------------------------------
+    def run(self) -> int:
+        req, s = self.req, self.settings
+        old_meta = self.prepare_dir()
+        if old_meta is not None and old_meta.get("status") == "complete" and old_meta.get("step", 0) >= req.steps:
+            print(f"qvpo: {self.run_dir} is already complete at {old_meta['step']} steps", file=sys.stderr)
+            return 0
+
+        seed_everything(req.seed)
+        self.agent: Agent = self.agent_cls(self.pool.obs_dim, self.pool.act_dim, self.settings, self.device,
+                                           req.steps, req.seed)
+        self.action_rng = np.random.default_rng([req.seed, 1])
+        n = len(self.pool.envs)
+        self.ep_return, self.ep_length = np.zeros(n), np.zeros(n, dtype=np.int64)
+        self.metric_sums: dict = {}
+        self.metric_counts: dict = {}
+        self.time_before, self.t_start, self.last_eval = 0.0, time.monotonic(), None
+
+        modes = ("evaluate", *self.agent_cls.extra_eval_modes)
+        eval_cols = ["step", "return_mean", "return_std", "episodes"]
+        for m in modes[1:]:
+            eval_cols += [f"return_mean_{m}", f"return_std_{m}"]
+        self.eval_log = runlog.CsvLog(self.run_dir / "eval.csv", eval_cols + ["wall_time_s"])
+        self.train_log = runlog.CsvLog(self.run_dir / "train.csv",
+                                       ["step", "episode_return", "episode_length", *self.agent_cls.metrics])
+        self.logs = [self.eval_log, self.train_log]
+        if s.record_actions_every:
+            self.actions_log = runlog.CsvLog(self.run_dir / "actions.csv",
+                                             ["step", "sample", *[f"a{i}" for i in range(self.pool.act_dim)]])
+            self.logs.append(self.actions_log)
+
+        step = 0
+        resumes = list(old_meta.get("resumed_from_step", [])) if old_meta else []
+        if (self.run_dir / CKPT_DIR / STATE_FILE).exists():
+            step = self.load_checkpoint()
+            resumes.append(step)
+            for log in self.logs:
+                log.truncate_after(step)
+        else:
+            for log in self.logs:
+                log.reset()
+            resumes = []
+        self.t_start = time.monotonic()
+        self.meta = {**self._meta_base(), "git_commit": runlog.git_commit(), "versions": runlog.versions(),
+                     "device": str(self.device), "threads": torch.get_num_threads(), "status": "running",
+                     "steps": req.steps, "step": step, "resumed_from_step": resumes,
+                     "wall_time_s": round(self.time_before, 3), "last_eval_return": self.last_eval}
+        runlog.write_config(self.run_dir, req.algo, req.env_id, req.seed, self.settings_dict)
+        runlog.write_meta(self.run_dir, self.meta)
+
+        progress = Progress(req.steps, step, self.run_dir, req.progress)
+        old_handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+        try:
+            self._loop(step, modes, progress)
+        except Diverged as e:
+            self.meta.update(status="diverged", diverged=str(e))
+            runlog.write_meta(self.run_dir, self.meta)
+            raise UserError(f"run diverged: {e}; the last good checkpoint (step {self.meta['step']}) is kept") from None
+        except Interrupted as e:
+            self.meta.update(status="interrupted")
+            runlog.write_meta(self.run_dir, self.meta)
+            print(f"qvpo: interrupted by signal {e.signum}; checkpoint at step {self.meta['step']}, "
+                  "rerun the same command to resume", file=sys.stderr)
+            return 128 + e.signum
+        finally:
+            for sig, h in old_handlers.items():
+                signal.signal(sig, h)
+            progress.close()
+            for log in self.logs:
+                log.close()
+            self.pool.close()
+        self.meta.update(status="complete")
+        runlog.write_meta(self.run_dir, self.meta)
+        return 0
+
+    def _on_signal(self, signum, frame) -> None:
+        self._signal = signum
+
+    def _loop(self, step: int, modes: tuple[str, ...], progress: "Progress") -> None:
+        req, s, agent = self.req, self.settings, self.agent
+        n = len(self.pool.envs)
+        warmup = getattr(s, "warmup_steps", 0) if agent.uses_warmup else 0
+        while step < req.steps:
+            prev = step
+            if step < warmup:
+                action = uniform_actions(self.action_rng, n, self.pool.act_dim)
+            else:
+                action = agent.act(to_obs(self.pool.obs, self.device), "explore").cpu().numpy()
+            tr = self.pool.step(action)
+            step += n
+            agent.observe(tr)
+            for k, v in agent.update(step).items():
+                self.metric_sums[k] = self.metric_sums.get(k, 0.0) + v
+                self.metric_counts[k] = self.metric_counts.get(k, 0) + 1
+            self.ep_return += tr.reward
+            self.ep_length += 1
+            for i in np.flatnonzero(tr.terminated | tr.truncated):
+                self._log_episode(step, i)
+            if s.record_actions_every and crossed(prev, step, s.record_actions_every):
+                self._record_actions(step)
+            if crossed(prev, step, s.eval_every) or step >= req.steps:
+                self._evaluate(step, modes)
+            progress.update(step, self.last_eval)
+            if self._signal is not None or crossed(prev, step, s.checkpoint_every) or step >= req.steps:
+                self._check_finite(step)
+                self.save_checkpoint(step)
+                if self._signal is not None and step < req.steps:
+                    raise Interrupted(self._signal)
+
+    def _log_episode(self, step: int, i: int) -> None:
+        ret = float(self.ep_return[i])
+        if not math.isfinite(ret):
+            raise Diverged(f"training episode return is {ret} at step {step}")
+        row = {"step": step, "episode_return": ret, "episode_length": int(self.ep_length[i])}
+        for k, total in self.metric_sums.items():
+            mean = float(total) / self.metric_counts[k]
+            if not math.isfinite(mean):
+                raise Diverged(f"{k} is {mean} at step {step}")
+            row[k] = mean
+        self.metric_sums, self.metric_counts = {}, {}
+        self.train_log.write(row)
+        self.ep_return[i], self.ep_length[i] = 0.0, 0
+
+    def _check_finite(self, step: int) -> None:
+        for k, total in self.metric_sums.items():
+            if not math.isfinite(float(total)):
+                raise Diverged(f"{k} is {float(total)} at step {step}")
+        for name, value in self.agent.state_dict().items():
+            tensors = [value] if isinstance(value, torch.Tensor) else [
+                v for v in value.values() if isinstance(v, torch.Tensor) and v.is_floating_point()]
+            for t in tensors:
+                if not bool(torch.isfinite(t).all()):
+                    raise Diverged(f"a parameter of {name} is not finite at step {step}")
+
+    def _evaluate(self, step: int, modes: tuple[str, ...]) -> None:
+        row = {"step": step, "episodes": self.settings.eval_episodes}
+        for m in modes:
+            returns = evaluate(self.agent, self.req.env_id, self.settings.eval_episodes,
+                               TRAIN_EVAL_SEED + 1000 * self.req.seed, m)
+            suffix = "" if m == "evaluate" else f"_{m}"
+            row[f"return_mean{suffix}"] = float(returns.mean())
+            row[f"return_std{suffix}"] = float(returns.std())
+        if not math.isfinite(row["return_mean"]):
+            raise Diverged(f"evaluation return is {row['return_mean']} at step {step}")
+        row["wall_time_s"] = round(self.wall_time(), 3)
+        self.last_eval = row["return_mean"]
+        self.eval_log.write(row)
+
+    @torch.no_grad()
+    def _record_actions(self, step: int) -> None:
+        k = self.settings.record_actions_n
+        obs = to_obs(self.pool.obs[:1], self.device).expand(k, -1)
+        actions = self.agent.act(obs, "policy").cpu().numpy()
+        for j, a in enumerate(actions):
+            self.actions_log.write({"step": step, "sample": j, **{f"a{i}": float(x) for i, x in enumerate(a)}})
+
+
+def crossed(prev: int, now: int, every: int) -> bool:
+    """True when a multiple of `every` lies in (prev, now]."""
+    return now // every > prev // every
+
+
+class Progress:
+    """A tqdm bar on a terminal; otherwise a plain log line every ~30 s."""
+
+    def __init__(self, total: int, start: int, run_dir: Path, force: bool | None):
+        self.tty = sys.stderr.isatty() if force is None else force
+        self.total, self.run_dir = total, run_dir
+        self.t0, self.s0, self.last_line = time.monotonic(), start, 0.0
+        self.bar = None
+        if self.tty:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, desc=run_dir.name)
+
+    def update(self, step: int, last_eval: float | None) -> None:
+        if self.bar is not None:
+            self.bar.n = step
+            if last_eval is not None:
+                self.bar.set_postfix_str(f"eval {last_eval:.1f}", refresh=False)
+            self.bar.refresh() if step % 100 == 0 else None
+            return
+        now = time.monotonic()
+        if now - self.last_line >= 30 or step >= self.total:
+            rate = (step - self.s0) / max(now - self.t0, 1e-9)
+            ev = "n/a" if last_eval is None else f"{last_eval:.1f}"
+            print(f"qvpo: {self.run_dir} step {step}/{self.total} ({rate:.0f} steps/s) last eval {ev}",
+                  file=sys.stderr, flush=True)
+            self.last_line = now
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def evaluate_run(run_dir: Path, episodes: int, device: str) -> dict:
+    """Evaluate a run directory's saved policy on fresh start states."""
+    import yaml
+
+    if episodes <= 0:
+        raise UserError(f"--episodes must be positive, got {episodes}")
+    meta = runlog.read_meta(run_dir)
+    if meta is None:
+        raise UserError(f"{run_dir} is not a qvpo run directory (no readable meta.json)")
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        raise UserError(f"{run_dir}/config.yaml is missing or unreadable") from None
+    agent_cls = algos.get(config["algo"])
+    settings = resolve(agent_cls.Settings, config["settings"])
+    dev = pick_device(device)
+    state = checkpoint.load(run_dir / CKPT_DIR / STATE_FILE)
+    pool = EnvPool(config["env"], 1, 0)
+    seed_everything(config["seed"])
+    agent = agent_cls(pool.obs_dim, pool.act_dim, settings, dev, meta["steps"], config["seed"])
+    pool.close()
+    agent.load_state_dict(state["agent"])
+    returns = evaluate(agent, config["env"], episodes, FINAL_EVAL_SEED + 1000 * config["seed"], "evaluate")
+    return {"algo": config["algo"], "env": config["env"], "seed": config["seed"], "step": int(state["step"]),
+            "status": meta.get("status"), "episodes": episodes, "return_mean": float(returns.mean()),
+            "return_std": float(returns.std()), "returns": [float(r) for r in returns],
+            "wall_time_s": meta.get("wall_time_s")}
