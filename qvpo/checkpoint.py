@@ -1,6 +1,6 @@
 """Atomic, checksummed files for checkpoints.
 
-Each file is MAGIC + sha256(payload) + payload, where payload is `torch.save` output.
+Each file is MAGIC + payload length (8 bytes) + sha256(payload) + payload, where payload is `torch.save` output.
 Writes go to a temporary file in the same directory, are fsynced, then renamed over
 the target, so a crash or a full disk mid-write leaves the previous file intact.
 Loads verify the checksum before unpickling with `weights_only=True`.
@@ -18,6 +18,7 @@ from qvpo.errors import UserError
 
 MAGIC = b"QVPOCKPT1\n"
 DIGEST_BYTES = 32
+LENGTH_BYTES = 8
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -47,7 +48,8 @@ def save(obj: object, path: str | Path) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
     payload = buf.getvalue()
-    atomic_write_bytes(path, MAGIC + hashlib.sha256(payload).digest() + payload)
+    header = MAGIC + len(payload).to_bytes(LENGTH_BYTES, "little") + hashlib.sha256(payload).digest()
+    atomic_write_bytes(path, header + payload)
 
 
 def load(path: str | Path) -> object:
@@ -58,10 +60,15 @@ def load(path: str | Path) -> object:
         raise UserError(f"checkpoint file {path} is missing") from None
     except OSError as e:
         raise UserError(f"cannot read checkpoint file {path}: {e.strerror}") from None
-    head = len(MAGIC) + DIGEST_BYTES
-    if len(data) < head or not data.startswith(MAGIC):
-        raise UserError(f"checkpoint file {path} is not a qvpo checkpoint or is truncated")
+    head = len(MAGIC) + LENGTH_BYTES + DIGEST_BYTES
+    if not data.startswith(MAGIC):
+        raise UserError(f"checkpoint file {path} is not a qvpo checkpoint")
+    if len(data) < head:
+        raise UserError(f"checkpoint file {path} is truncated ({len(data)} bytes)")
+    length = int.from_bytes(data[len(MAGIC):len(MAGIC) + LENGTH_BYTES], "little")
     payload = data[head:]
-    if hashlib.sha256(payload).digest() != data[len(MAGIC):head]:
+    if len(payload) != length:
+        raise UserError(f"checkpoint file {path} is truncated ({len(payload)} of {length} payload bytes)")
+    if hashlib.sha256(payload).digest() != data[len(MAGIC) + LENGTH_BYTES:head]:
         raise UserError(f"checkpoint file {path} is corrupt (checksum mismatch)")
     return torch.load(io.BytesIO(payload), weights_only=True, map_location="cpu")

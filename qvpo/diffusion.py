@@ -14,6 +14,7 @@ only evaluated in a different order (equal within float rounding, tested).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -256,7 +257,8 @@ def ddpm_sample(model: NoisePredictor, schedule: DiffusionSchedule, s: torch.Ten
 
         def eps_fn(t: int) -> torch.Tensor:
             t_rows.fill_(t)
-            with torch.autocast(dev.type, dtype=net_dtype, enabled=dtype is not None):
+            ctx = contextlib.nullcontext() if dtype is None else torch.autocast(dev.type, dtype=dtype)
+            with ctx:
                 return model(x, t_rows, s_rep).float()
 
     for t in reversed(range(schedule.T)):

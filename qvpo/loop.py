@@ -68,7 +68,9 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(legacy=False), "torch": torch.get_rng_state()}
+    np_state = np.random.get_state(legacy=False)  # MT19937: its key array travels as a tensor (weights_only)
+    np_state["state"]["key"] = torch.from_numpy(np_state["state"]["key"].astype(np.int64))
+    state = {"python": random.getstate(), "numpy": np_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -76,7 +78,9 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     random.setstate(_tuples(state["python"]))
-    np.random.set_state(state["numpy"])
+    np_state = dict(state["numpy"])
+    np_state["state"] = {**np_state["state"], "key": np_state["state"]["key"].numpy().astype(np.uint32)}
+    np.random.set_state(np_state)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -149,7 +153,7 @@ class Trainer:
         elif meta is not None and meta.get("identity") != self.identity:
             diffs = [k for k in ("algo", "env", "seed", "code_hash") if meta.get(k) != self._meta_base()[k]]
             what = ", ".join(diffs) if diffs else "settings"
-            raise UserError(f"{d} holds another run (its {what} differ); use --restart to replace it")
+            raise UserError(f"{d} holds another run (different {what}); use --restart to replace it")
         elif meta is None and d.exists() and any(d.iterdir()):
             raise UserError(f"{d} exists and is not a qvpo run directory; use --restart to replace it")
         d.mkdir(parents=True, exist_ok=True)
@@ -236,6 +240,7 @@ class Trainer:
         if (self.run_dir / CKPT_DIR / STATE_FILE).exists():
             step = self.load_checkpoint()
             resumes.append(step)
+            print(f"qvpo: resuming {self.run_dir} from step {step}", file=sys.stderr)
             for log in self.logs:
                 log.truncate_after(step)
         else:

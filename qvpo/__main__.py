@@ -1,0 +1,3 @@
+from qvpo.cli import entry
+
+entry()

@@ -1,0 +1,58 @@
+"""Shared test fixtures: tiny per-algorithm budgets and helpers to run the CLI."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+# Per algorithm: an env and --set overrides small enough for a run of a few seconds.
+# Checkpoints every 200 steps so a test can kill a run between checkpoints.
+COMMON = ["eval_every=200", "eval_episodes=2", "checkpoint_every=200"]
+OFF_POLICY = COMMON + ["warmup_steps=100", "batch_size=32", "hidden=[32,32]"]
+TINY = {
+    "sac": ("Hopper-v5", OFF_POLICY),
+    "td3": ("Hopper-v5", OFF_POLICY),
+}
+
+
+def tiny_args(algo: str, out: Path, steps: int = 600, seed: int = 0) -> list[str]:
+    env, sets = TINY[algo]
+    args = ["train", "--algo", algo, "--env", env, "--seed", str(seed), "--steps", str(steps), "--out", str(out),
+            "--threads", "1", "--progress", "log"]
+    for s in sets:
+        args += ["--set", s]
+    return args
+
+
+def run_cli(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `qvpo ARGS` in a fresh interpreter (as a user would)."""
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    return subprocess.run([sys.executable, "-m", "qvpo", *args], capture_output=True, text=True, timeout=timeout,
+                          env=env)
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def columns(path: Path, names: list[str]) -> list[tuple]:
+    rows = read_csv(path)
+    return [tuple(r[n] for n in names if n in r) for r in rows]
+
+
+def meta(run_dir: Path) -> dict:
+    return json.loads((run_dir / "meta.json").read_text())
+
+
+@pytest.fixture(params=sorted(TINY))
+def algo(request):
+    return request.param
