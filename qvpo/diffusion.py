@@ -186,6 +186,72 @@ class NoisePredictor(nn.Module):
 # --------------------------------------------------------------------------- sampler
 
 
+def mish_(h: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
+    """In-place Mish for the float32 sampler, using `tmp` (same shape) as scratch.
+
+    mish(x) = x tanh(log(1 + e^x)) = x - 2x / ((1 + e^x)^2 + 1)   (tanh(log u) = (u^2-1)/(u^2+1)).
+    Why: ATen's CPU mish is not vectorised (log1p) and was ~2/3 of the sampler's time;
+    this is 5 vectorised passes, 2-3x faster. e^x = inf for x > 88 still gives x.
+    Absolute error vs F.mish < 2e-6 (cancellation for very negative x, where mish ~ 0).
+    """
+    torch.exp(h, out=tmp).add_(1.0).square_().add_(1.0)
+    return h.addcdiv_(h, tmp, value=-2.0)
+
+
+class _FactoredEps:
+    """eps_theta for all N = K*B rows of one sampling call, via the factored first layer.
+
+    Rows are candidate-major (row k*B + b is candidate k of state b). The per-state part
+    W_s s + b1 and the per-step part W_t t_emb(t) are computed once per call; per step,
+    their [B, H] sum is broadcast over candidates through addmm's bias, so the states
+    are never copied K times. The MLP runs in chunks of `chunk_rows` rows so that the
+    hidden activations (chunk x 256 floats) stay in cache across the elementwise
+    passes; buffers are preallocated (a fresh 16 MB tensor per op costs page faults).
+    """
+
+    def __init__(self, model: NoisePredictor, s: torch.Tensor, K: int, T: int,
+                 chunk_rows: int, dtype: torch.dtype):
+        B, A, dev = s.shape[0], model.act_dim, s.device
+        w_a, _, _, _ = model.first_layer_split()
+        self.w_aT = w_a.t().to(dtype)                                         # [A, H]
+        self.lins = [(lin.weight.t().to(dtype), lin.bias.to(dtype)) for lin in model.hidden_layers()]
+        s_feat = model.state_features(s).to(dtype)                            # [B, H]
+        self.t_feat = model.time_features(T).to(dtype)                        # [T, H]
+        H = s_feat.shape[1]
+        R = max(1, chunk_rows)
+        if B >= R:   # chunks within one candidate: bias rows = a slice of the B state rows
+            self.s_feat = s_feat
+            self.chunks = [(k * B + j, j, min(R, B - j)) for k in range(K) for j in range(0, B, R)]
+        else:        # a chunk holds g whole candidates: tile the B state rows g times (g*B rows, small)
+            g = min(K, R // B)
+            self.s_feat = s_feat.repeat(g, 1)
+            self.chunks = [(k * B, 0, min(g, K - k) * B) for k in range(0, K, g)]
+        rows = max(n for _, _, n in self.chunks)
+        self.base = torch.empty(self.s_feat.shape, device=dev, dtype=dtype)
+        self.h_a, self.h_b, self.tmp = (torch.empty(rows, H, device=dev, dtype=dtype) for _ in range(3))
+        self.eps = torch.empty(K * B, A, device=dev, dtype=dtype)
+        self.x_net = None if dtype == torch.float32 else torch.empty(K * B, A, device=dev, dtype=dtype)
+        # fast float32 Mish; for low precision ATen's (the rewrite cancels badly in bf16)
+        self.act = mish_ if dtype == torch.float32 else (lambda h, tmp: F.mish(h, inplace=True))
+
+    def __call__(self, x: torch.Tensor, t: int) -> torch.Tensor:
+        if self.x_net is not None:
+            x = self.x_net.copy_(x)
+        torch.add(self.s_feat, self.t_feat[t], out=self.base)               # (W_s s + b1) + W_t t_emb(t)
+        (w2, b2), (w3, b3), (w4, b4) = self.lins
+        act, tmp = self.act, self.tmp
+        for r0, b0, n in self.chunks:
+            h_a, h_b = self.h_a[:n], self.h_b[:n]
+            torch.addmm(self.base[b0:b0 + n], x[r0:r0 + n], self.w_aT, out=h_a)  # + W_a a_t
+            act(h_a, tmp[:n])
+            torch.addmm(b2, h_a, w2, out=h_b)
+            act(h_b, tmp[:n])
+            torch.addmm(b3, h_b, w3, out=h_a)
+            act(h_a, tmp[:n])
+            torch.addmm(b4, h_a, w4, out=self.eps[r0:r0 + n])
+        return self.eps
+
+
 def _update(x: torch.Tensor, eps: torch.Tensor, x0: torch.Tensor, coeffs: tuple, clip: float,
             z: torch.Tensor | None) -> None:
     """One ancestral step in place on x (authors' p_sample): predicted a_0 from eps,
@@ -201,68 +267,43 @@ def _update(x: torch.Tensor, eps: torch.Tensor, x0: torch.Tensor, coeffs: tuple,
 def ddpm_sample(model: NoisePredictor, schedule: DiffusionSchedule, s: torch.Tensor,
                 n_candidates: int = 1, clip: float = 1.0, generator: torch.Generator | None = None,
                 noise_ratio: float = 1.0, factored: bool = True,
-                dtype: torch.dtype | None = None) -> torch.Tensor:
-    """DDPM ancestral sampling of K = n_candidates actions per state: [B, K, A].
+                dtype: torch.dtype | None = None, chunk_rows: int | None = None) -> torch.Tensor:
+    """DDPM ancestral sampling of K = n_candidates actions per state: s [B, S] -> [B, K, A].
 
     a_T ~ N(0, I); for t = T-1..0: eps = model(a_t, t, s); a_0 = clamp(sqrt(1/abar) a_t
     - sqrt(1/abar - 1) eps); a_{t-1} = coef1 a_0 + coef2 a_t + [t > 0] noise_ratio sigma_t z;
-    final clamp. noise_ratio=0 is DIPO's noise-free evaluation.
+    final clamp to [-clip, clip]. noise_ratio=0 is DIPO's noise-free evaluation.
 
     Random draws follow the authors' sample_n exactly: rows candidate-major (their
     state.repeat(K, 1)), one randn for a_T and one per step including t = 0 (drawn,
     then unused), so the same seed gives the same noise as their code.
     factored=False evaluates the plain network on materialised [K*B] rows (reference).
     dtype (e.g. torch.bfloat16) runs the network in that dtype; a_t stays float32.
+    chunk_rows: rows per MLP chunk on the factored path (default 2048 on CPU, all on GPU).
     """
     B, A, K = s.shape[0], model.act_dim, n_candidates
     N = B * K
     dev = s.device
-    coeffs = schedule.step_coefficients(noise_ratio)
+    coeffs = schedule.step_coefficients(noise_ratio)       # the one host sync of the call
     x = torch.randn(N, A, device=dev, generator=generator)
-    x0 = torch.empty_like(x)
-    z = torch.empty_like(x)
-    net_dtype = torch.float32 if dtype is None else dtype
+    x0, z = torch.empty_like(x), torch.empty_like(x)
 
     if factored:
-        # per-call precomputation: O(T + B) rows through the first layer, not O(T * B * K)
-        w_a, _, _, _ = model.first_layer_split()
-        w_aT = w_a.t().to(net_dtype)                        # [A, H]
-        s_feat = model.state_features(s).to(net_dtype)       # [B, H]
-        t_feat = model.time_features(schedule.T).to(net_dtype)  # [T, H]
-        lins = [(lin.weight.t().to(net_dtype), lin.bias.to(net_dtype)) for lin in model.hidden_layers()]
-        H = s_feat.shape[1]
-        base = torch.empty(B, H, device=dev, dtype=net_dtype)
-        h_a = torch.empty(N, H, device=dev, dtype=net_dtype)   # preallocated: no 16 MB mallocs per step
-        h_b = torch.empty(N, H, device=dev, dtype=net_dtype)
-        out = torch.empty(N, A, device=dev, dtype=net_dtype)
-        x_net = x if net_dtype == torch.float32 else torch.empty(N, A, device=dev, dtype=net_dtype)
-
-        def eps_fn(t: int) -> torch.Tensor:
-            torch.add(s_feat, t_feat[t], out=base)               # (W_s s + b1) + W_t e(t): [B, H]
-            if x_net is not x:
-                x_net.copy_(x)
-            torch.mm(x_net, w_aT, out=h_a)                       # W_a a_t: [N, A] x [A, H]
-            h_a.view(K, B, H).add_(base)                         # broadcast over candidates, no copies of s
-            (w2, b2), (w3, b3), (w4, b4) = lins
-            F.mish(h_a, inplace=True)
-            torch.addmm(b2, h_a, w2, out=h_b)
-            F.mish(h_b, inplace=True)
-            torch.addmm(b3, h_b, w3, out=h_a)
-            F.mish(h_a, inplace=True)
-            torch.addmm(b4, h_a, w4, out=out)
-            return out                                           # float32 ops below upcast if needed
+        if chunk_rows is None:
+            chunk_rows = 2048 if dev.type == "cpu" else N    # chunking only pays for CPU caches
+        eps_fn = _FactoredEps(model, s, K, schedule.T, chunk_rows, dtype or torch.float32)
     else:
-        s_rep = s.repeat(K, 1)                                   # authors' candidate-major rows
+        s_rep = s.repeat(K, 1)                             # authors' candidate-major rows
         t_rows = torch.empty(N, dtype=torch.long, device=dev)
 
-        def eps_fn(t: int) -> torch.Tensor:
+        def eps_fn(x: torch.Tensor, t: int) -> torch.Tensor:
             t_rows.fill_(t)
             ctx = contextlib.nullcontext() if dtype is None else torch.autocast(dev.type, dtype=dtype)
             with ctx:
                 return model(x, t_rows, s_rep).float()
 
     for t in reversed(range(schedule.T)):
-        eps = eps_fn(t)
+        eps = eps_fn(x, t)
         torch.randn(N, A, device=dev, generator=generator, out=z)  # drawn at t = 0 too, as the authors
         _update(x, eps, x0, coeffs[t], clip, z if t > 0 else None)
     x.clamp_(-clip, clip)

@@ -20,6 +20,9 @@ OFF_POLICY = COMMON + ["warmup_steps=100", "batch_size=32", "hidden=[32,32]"]
 TINY = {
     "sac": ("Hopper-v5", OFF_POLICY),
     "td3": ("Hopper-v5", OFF_POLICY),
+    "qvpo": ("Hopper-v5", COMMON + ["warmup_steps=100", "batch_size=16", "diffusion_steps=3", "nd=4", "kb=2",
+                                    "kt=2", "eval_candidates=4", "ne=2", "hidden=32", "t_dim=8",
+                                    "critic_hidden=[32,32]"]),
 }
 
 

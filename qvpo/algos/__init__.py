@@ -9,6 +9,7 @@ from qvpo.errors import UserError
 ALGORITHMS = {
     "sac": "qvpo.algos.sac:SAC",
     "td3": "qvpo.algos.td3:TD3",
+    "qvpo": "qvpo.algos.qvpo:QVPO",
 }
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,31}$")

@@ -1,0 +1,211 @@
+"""QVPO: Q-weighted variational policy optimisation (Ding et al., NeurIPS 2024).
+
+Faithful to the authors' code, wadx2019/qvpo@40a1974, run as their README says
+(`main.py --weighted --aug --q_transform qadv`); ALGORITHMS.md lists where the code
+and the paper differ. One update, read top to bottom in `train_step`:
+1. critic: the target actor draws Kt candidates per next state, the best by the
+   target critics' min Q gives y = r + gamma (1 - done) min(Q1', Q2')(s', a');
+2. policy: the actor draws Nd candidates per state, scored by the current critics;
+   the best one a_max carries the Q-weight w_eq (a transform of its Q and V(s) = the
+   mean score);
+3. entropy: Ne uniform actions per state, each weighted omega * w_eq(s, a_max), omega
+   decaying linearly with training progress to a floor;
+4. one step on the weighted diffusion loss over all those rows.
+Acting: the behaviour policy is the best of Kb candidates; evaluation the best of 32.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from qvpo.agent import OffPolicyAgent
+from qvpo.diffusion import DiffusionSchedule, NoisePredictor, ddpm_sample, weighted_eps_loss
+from qvpo.errors import UserError
+from qvpo.nets import TwinQ, init_authors_normal, soft_update
+from qvpo.settings import OffPolicySettings
+
+
+@dataclass
+class QVPOSettings(OffPolicySettings):
+    """QVPO's settings; defaults are the authors' (main.py with --weighted --aug) unless said."""
+
+    warmup_steps: int = 10000
+    """Uniform-random steps before learning (authors' main.py start_steps)."""
+    diffusion_steps: int = 20
+    """T, denoising steps with the cosine schedule (authors' main.py n_timesteps)."""
+    hidden: int = 256
+    """Noise-net width (authors' model.py)."""
+    t_dim: int = 32
+    """Width of the sinusoidal time embedding (authors' model.py)."""
+    critic_hidden: list[int] = (256, 256, 256)
+    """Twin critics: 3 x (Linear, Mish) (authors' model.py Critic)."""
+    nd: int = 64
+    """Nd, candidates per state in the policy step (authors' --sample_num? their default 64)."""
+    kb: int = 4
+    """Kb, candidates of the behaviour policy; the best by Q acts (authors' --behavior_sample 4)."""
+    kt: int = 4
+    """Kt, target-actor candidates per next state for the TD target (authors' --target_sample 4)."""
+    eval_candidates: int = 32
+    """Candidates of the evaluation policy, best by Q, sampling noise on (authors' evaluate)."""
+    ne: int = 10
+    """Ne, uniform actions per state in the entropy term (authors' --aug; 10)."""
+    omega_ent: float = 0.02
+    """Initial entropy weight (authors' --entropy_alpha 0.02; FlowRL's reading of the paper: 0.01)."""
+    omega_ent_min: float = 0.002
+    """Floor of the linearly decaying entropy weight (authors' code)."""
+    q_transform: Literal["qadv", "qcut", "qcut_paper"] = "qadv"
+    """Q-weight transform: qadv max(Q - V, 0) (README default); qcut as the authors' code computes it;
+    qcut_paper the paper's proportional form."""
+    qcut_cut: float = 1.0
+    """Lower cut of the authors' qcut weight, max(Q(s, a_max), cut) (authors' code)."""
+    actor_lr: float = 1e-4
+    """Diffusion-policy learning rate (authors' main.py diffusion_lr)."""
+    critic_lr: float = 3e-4
+    """Critic learning rate (authors' main.py critic_lr)."""
+    adam_eps: float = 1e-5
+    """Adam epsilon of both optimisers (authors' code)."""
+    grad_clip: float = 2.0
+    """Gradient-norm clip of actor and critic, 0 for none (authors' code; a reading of the paper: none)."""
+    tau: float = 0.005
+    """Soft update of the target actor and critic, every update (authors' main.py)."""
+    truncation_as_terminal: bool = False
+    """True reproduces the authors' code, which ends the return at time-limit truncation (a known bias)."""
+    truncated_init: bool = False
+    """True initialises with the truncated normal the authors meant; False is what their code does."""
+    sample_dtype: Literal["float32", "bfloat16"] = "float32"
+    """Dtype of the noise net while sampling candidates; bfloat16 trades precision for speed (ours)."""
+
+    def __post_init__(self):
+        self.critic_hidden = list(self.critic_hidden)
+
+    def validate(self) -> None:
+        for key in ("diffusion_steps", "nd", "kb", "kt", "eval_candidates", "ne", "hidden", "t_dim"):
+            if getattr(self, key) <= 0:
+                raise UserError(f"setting '{key}' must be positive, got {getattr(self, key)}")
+        if self.t_dim < 4 or self.t_dim % 2:
+            raise UserError(f"setting 't_dim' must be an even number >= 4, got {self.t_dim}")
+
+
+def entropy_weight(step: int, total_steps: int, omega: float, omega_min: float) -> float:
+    """omega_ent decays linearly with training progress to a floor: max(min, omega (1 - step/total))."""
+    return max(omega_min, omega * (1.0 - step / total_steps))
+
+
+def q_weights(scores: torch.Tensor, transform: str, cut: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-candidate weights [B, K] and the best candidate's weight w_eq [B] from scores [B, K].
+
+    qadv:       w = max(Q(s, a_max) - V(s), 0) on the argmax, V(s) = mean of the K scores;
+    qcut:       w = max(Q(s, a_max), cut) on the argmax (the authors' code under that name);
+    qcut_paper: w_k = max(Q_k, 0) on every candidate when max Q > 0, else 1 on the argmax.
+    """
+    best_q, best = scores.max(dim=1)
+    onehot = F.one_hot(best, scores.shape[1]).to(scores.dtype)
+    if transform == "qadv":
+        w_eq = (best_q - scores.mean(dim=1)).clamp_min(0.0)
+        return onehot * w_eq[:, None], w_eq
+    if transform == "qcut":
+        w_eq = best_q.clamp_min(cut)
+        return onehot * w_eq[:, None], w_eq
+    positive = (best_q > 0)[:, None]
+    weights = torch.where(positive, scores.clamp_min(0.0), onehot)
+    return weights, weights.gather(1, best[:, None]).squeeze(1)
+
+
+def best_candidate(critic: TwinQ, states: torch.Tensor, candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The candidate [B, A] with the largest min(Q1, Q2), and all scores [B, K], from candidates [B, K, A]."""
+    B, K, A = candidates.shape
+    s = states.unsqueeze(1).expand(B, K, states.shape[1]).reshape(B * K, -1)
+    scores = critic.min_q(s, candidates.reshape(B * K, A)).view(B, K)
+    best = scores.argmax(dim=1)
+    return candidates[torch.arange(B, device=states.device), best], scores
+
+
+class QVPO(OffPolicyAgent):
+    Settings = QVPOSettings
+    metrics = ("q_loss", "actor_loss", "w_eq", "omega_ent", "q_mean")
+    extra_eval_modes = ("single",)
+
+    def __init__(self, obs_dim, act_dim, settings: QVPOSettings, device, total_steps, seed):
+        super().__init__(obs_dim, act_dim, settings, device, total_steps, seed)
+        c = settings
+        self.actor = NoisePredictor(obs_dim, act_dim, c.hidden, c.t_dim, c.truncated_init).to(device)
+        self.actor_target = copy.deepcopy(self.actor)
+        self.schedule = DiffusionSchedule.cosine(c.diffusion_steps).to(device)
+        self.critic = TwinQ(obs_dim, act_dim, c.critic_hidden, activation="mish").to(device)
+        init_authors_normal(self.critic, truncated=c.truncated_init)
+        self.critic_target = copy.deepcopy(self.critic)
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=c.actor_lr, eps=c.adam_eps)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=c.critic_lr, eps=c.adam_eps)
+        self.sample_dtype = getattr(torch, c.sample_dtype)
+
+    def sample(self, actor: NoisePredictor, states: torch.Tensor, k: int) -> torch.Tensor:
+        return ddpm_sample(actor, self.schedule, states, k, dtype=self.sample_dtype)
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, mode: str) -> torch.Tensor:
+        if mode in ("single", "policy") or (mode == "explore" and self.cfg.kb == 1):
+            return self.sample(self.actor, obs, 1)[:, 0]
+        k = self.cfg.kb if mode == "explore" else self.cfg.eval_candidates
+        action, _ = best_candidate(self.critic, obs, self.sample(self.actor, obs, k))
+        return action
+
+    def train_step(self, b: dict[str, torch.Tensor]) -> dict[str, float]:
+        c = self.cfg
+        done = b["terminated"]
+        if c.truncation_as_terminal:
+            done = torch.maximum(done, b["truncated"])
+
+        # 1. critic: TD target from the best of Kt target-actor candidates
+        with torch.no_grad():
+            candidates = self.sample(self.actor_target, b["next_obs"], c.kt)
+            _, next_scores = best_candidate(self.critic_target, b["next_obs"], candidates)
+            y = b["reward"] + c.gamma * (1 - done) * next_scores.max(dim=1, keepdim=True).values
+        q1, q2 = self.critic(b["obs"], b["action"])
+        q_loss = F.mse_loss(q1, y) + F.mse_loss(q2, y)
+        self.critic_optimizer.zero_grad()
+        q_loss.backward()
+        if c.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.critic.parameters(), c.grad_clip)
+        self.critic_optimizer.step()
+
+        # 2. policy: Q-weights of Nd candidates per state
+        states = b["obs"]
+        B = states.shape[0]
+        with torch.no_grad():
+            candidates = self.sample(self.actor, states, c.nd)
+            _, scores = best_candidate(self.critic, states, candidates)
+            weights, w_eq = q_weights(scores, c.q_transform, c.qcut_cut)
+        if c.q_transform == "qcut_paper":  # every candidate of positive weight is a row
+            keep = weights > 0
+            act_rows, s_rows, w_rows = candidates[keep], states.unsqueeze(1).expand(B, c.nd, -1)[keep], weights[keep]
+        else:  # the authors' form: one row per state, its best candidate
+            best = scores.argmax(dim=1)
+            act_rows, s_rows, w_rows = candidates[torch.arange(B, device=states.device), best], states, w_eq
+
+        # 3. entropy: Ne uniform actions per state, weighted omega * w_eq
+        omega = entropy_weight(self.current_step, self.total_steps, c.omega_ent, c.omega_ent_min)
+        uniform = torch.rand(B * c.ne, self.act_dim, device=states.device) * 2 - 1
+        s_uniform = states.repeat_interleave(c.ne, dim=0)
+        w_uniform = (omega * w_eq).repeat_interleave(c.ne)
+
+        # 4. one step on the weighted diffusion loss over all rows
+        actor_loss = weighted_eps_loss(self.actor, self.schedule, torch.cat([act_rows, uniform]),
+                                       torch.cat([s_rows, s_uniform]), torch.cat([w_rows, w_uniform]))
+        self.actor_optimizer.zero_grad()
+        actor_loss.backward()
+        if c.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.actor.parameters(), c.grad_clip)
+        self.actor_optimizer.step()
+
+        soft_update(self.critic_target, self.critic, c.tau)
+        soft_update(self.actor_target, self.actor, c.tau)
+        return {"q_loss": q_loss.detach(), "actor_loss": actor_loss.detach(), "w_eq": w_eq.mean(),
+                "omega_ent": omega, "q_mean": scores.mean()}
+
+    def update(self, step: int) -> dict[str, float]:
+        self.current_step = step
+        return super().update(step)

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Learning checks of the QVPO issue, 3 seeds each.
+# 1. InvertedPendulum-v5: Nd=8 candidates and T=5 denoising steps instead of the paper's 64 and 20,
+#    20,000 steps with a 2,500-step warm-up, evaluation every 2,500 steps with 10 episodes, both
+#    best-of-32 (eval.csv return_mean) and single-sample (return_mean_single). Reduced because one
+#    update at the paper's settings costs ~1 s on this 2-core machine; the other settings are the authors'.
+# 2. MultiPeakBandit-v0 (figure 2), with and without the entropy term (omega_ent=0): 3,000 steps,
+#    500 warm-up, batch 64, Nd=16, T=5, recording 500 policy samples every 250 steps.
+# Resumable: rerunning skips complete runs and resumes interrupted ones.
+# Usage: nohup bash scripts/learn_qvpo.sh > learn_qvpo.log 2>&1 &
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=results/learning
+THREADS=${THREADS:-1}
+
+for seed in 0 1 2; do
+  qvpo train --algo qvpo --env InvertedPendulum-v5 --seed "$seed" --steps 20000 \
+    --out "$ROOT/InvertedPendulum-v5/qvpo/seed$seed" --set nd=8 --set diffusion_steps=5 \
+    --set warmup_steps=2500 --set eval_every=2500 --set eval_episodes=10 --threads "$THREADS" --progress log &
+done
+wait
+
+for variant in entropy no_entropy; do
+  omega=0.02; [ "$variant" = no_entropy ] && omega=0.0
+  for seed in 0 1 2; do
+    qvpo train --algo qvpo --env MultiPeakBandit-v0 --seed "$seed" --steps 3000 \
+      --out "$ROOT/MultiPeakBandit-v0/qvpo_$variant/seed$seed" --set omega_ent="$omega" --set omega_ent_min=0.0 \
+      --set nd=16 --set diffusion_steps=5 --set batch_size=64 --set warmup_steps=500 --set eval_every=500 \
+      --set eval_episodes=10 --set record_actions_every=250 --set record_actions_n=500 \
+      --threads "$THREADS" --progress log
+  done
+done
+python scripts/summarize_learning.py "$ROOT"/InvertedPendulum-v5/qvpo "$ROOT"/MultiPeakBandit-v0/qvpo_* \
+  --out "$ROOT/qvpo_summary.csv"
