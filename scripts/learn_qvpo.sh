@@ -4,7 +4,8 @@
 #    20,000 steps with a 2,500-step warm-up, evaluation every 2,500 steps with 10 episodes, both
 #    best-of-32 (eval.csv return_mean) and single-sample (return_mean_single). Reduced because one
 #    update at the paper's settings costs ~1 s on this 2-core machine; the other settings are the authors'.
-# 2. MultiPeakBandit-v0 (figure 2), with and without the entropy term (omega_ent=0): 3,000 steps,
+# 2. MultiPeakBandit-v0 (figure 2), with the entropy term (authors' 0.02 decaying to 0.002) and without
+#    it (omega_ent=0 and floor 0): 3,000 steps,
 #    500 warm-up, batch 64, Nd=16, T=5, recording 500 policy samples every 250 steps.
 # Resumable: rerunning skips complete runs and resumes interrupted ones.
 # Usage: nohup bash scripts/learn_qvpo.sh > learn_qvpo.log 2>&1 &
@@ -21,10 +22,10 @@ done
 wait
 
 for variant in entropy no_entropy; do
-  omega=0.02; [ "$variant" = no_entropy ] && omega=0.0
+  entropy=(); [ "$variant" = no_entropy ] && entropy=(--set omega_ent=0.0 --set omega_ent_min=0.0)
   for seed in 0 1 2; do
     qvpo train --algo qvpo --env MultiPeakBandit-v0 --seed "$seed" --steps 3000 \
-      --out "$ROOT/MultiPeakBandit-v0/qvpo_$variant/seed$seed" --set omega_ent="$omega" --set omega_ent_min=0.0 \
+      --out "$ROOT/MultiPeakBandit-v0/qvpo_$variant/seed$seed" "${entropy[@]}" \
       --set nd=16 --set diffusion_steps=5 --set batch_size=64 --set warmup_steps=500 --set eval_every=500 \
       --set eval_episodes=10 --set record_actions_every=250 --set record_actions_n=500 \
       --threads "$THREADS" --progress log

@@ -115,6 +115,11 @@ def q_weights(scores: torch.Tensor, transform: str, cut: float) -> tuple[torch.T
     return weights, weights.gather(1, best[:, None]).squeeze(1)
 
 
+def td_target(reward: torch.Tensor, done: torch.Tensor, gamma: float, next_scores: torch.Tensor) -> torch.Tensor:
+    """y = r + gamma (1 - done) max_k min(Q1', Q2')(s', a'_k): the best of Kt target candidates [B, Kt]."""
+    return reward + gamma * (1 - done) * next_scores.max(dim=1, keepdim=True).values
+
+
 def best_candidate(critic: TwinQ, states: torch.Tensor, candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The candidate [B, A] with the largest min(Q1, Q2), and all scores [B, K], from candidates [B, K, A]."""
     B, K, A = candidates.shape
@@ -163,7 +168,7 @@ class QVPO(OffPolicyAgent):
         with torch.no_grad():
             candidates = self.sample(self.actor_target, b["next_obs"], c.kt)
             _, next_scores = best_candidate(self.critic_target, b["next_obs"], candidates)
-            y = b["reward"] + c.gamma * (1 - done) * next_scores.max(dim=1, keepdim=True).values
+            y = td_target(b["reward"], done, c.gamma, next_scores)
         q1, q2 = self.critic(b["obs"], b["action"])
         q_loss = F.mse_loss(q1, y) + F.mse_loss(q2, y)
         self.critic_optimizer.zero_grad()
