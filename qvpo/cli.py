@@ -1,6 +1,8 @@
 """The `qvpo` command: train | evaluate | code-hash (and the report commands).
 
-A mistake of the user's is one line on stderr and exit code 2, never a traceback.
+A mistake of the user's is one line on stderr and exit code 2, never a traceback;
+a run stopped by divergence or a failed write is one line and exit code 3;
+a run interrupted by SIGTERM/SIGUSR1 checkpoints and exits 128 + the signal number.
 """
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from qvpo.errors import UserError
+from qvpo.errors import RunStopped, UserError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -105,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"qvpo: error: {e}", file=sys.stderr)
         return 2
+    except RunStopped as e:
+        print(f"qvpo: {e}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print("qvpo: interrupted", file=sys.stderr)
         return 130

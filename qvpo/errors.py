@@ -3,3 +3,7 @@
 
 class UserError(Exception):
     """Bad input: an unknown name, a wrong type, a missing or corrupt file."""
+
+
+class RunStopped(Exception):
+    """A run stopped for a reason that is not bad input (divergence, a failed write): exit code 3."""

@@ -23,7 +23,7 @@ import torch
 from qvpo import algos, checkpoint, runlog
 from qvpo.agent import Agent, uniform_actions
 from qvpo.envs import EnvPool
-from qvpo.errors import UserError
+from qvpo.errors import RunStopped, UserError
 from qvpo.settings import as_dict, resolve
 
 CKPT_DIR = "checkpoint"
@@ -262,7 +262,13 @@ class Trainer:
         except Diverged as e:
             self.meta.update(status="diverged", diverged=str(e))
             runlog.write_meta(self.run_dir, self.meta)
-            raise UserError(f"run diverged: {e}; the last good checkpoint (step {self.meta['step']}) is kept") from None
+            raise RunStopped(f"run diverged: {e}; the last good checkpoint (step {self.meta['step']}) is kept") from None
+        except RunStopped:
+            try:
+                runlog.write_meta(self.run_dir, self.meta)
+            except OSError:
+                pass  # the disk that refused the checkpoint may refuse this too; meta.json stays as it was
+            raise
         except Interrupted as e:
             self.meta.update(status="interrupted")
             runlog.write_meta(self.run_dir, self.meta)
@@ -310,7 +316,12 @@ class Trainer:
             progress.update(step, self.last_eval)
             if self._signal is not None or crossed(prev, step, s.checkpoint_every) or step >= req.steps:
                 self._check_finite(step)
-                self.save_checkpoint(step)
+                try:
+                    self.save_checkpoint(step)
+                except OSError as e:
+                    self.meta.update(status="interrupted")
+                    raise RunStopped(f"cannot write the checkpoint of step {step} ({e.strerror or e}); the previous "
+                                     f"checkpoint (step {self.meta['step']}) is intact, rerun to resume from it") from None
                 if self._signal is not None and step < req.steps:
                     raise Interrupted(self._signal)
 

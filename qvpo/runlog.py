@@ -122,7 +122,7 @@ class CsvLog:
         if not self.path.exists():
             return
         with open(self.path, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if int(r["step"]) <= step]
+            rows = [r for r in csv.DictReader(f) if _complete(r) and int(r["step"]) <= step]
         self.reset()
         for r in rows:
             self.write(r)
@@ -144,6 +144,11 @@ class CsvLog:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def _complete(row: dict) -> bool:
+    """False for a row a kill cut short mid-write."""
+    return None not in row.values() and None not in row and row["step"].isdigit()
 
 
 def _fmt(v):

@@ -65,7 +65,7 @@ class TanhGaussianActor(nn.Module):
     def sample(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(action, log_prob [B,1], deterministic action)."""
         mean, log_std = self(obs)
-        normal = torch.distributions.Normal(mean, log_std.exp())
+        normal = torch.distributions.Normal(mean, log_std.exp(), validate_args=False)  # NaNs reach the loop's check
         x = normal.rsample()
         y = torch.tanh(x)
         log_prob = normal.log_prob(x) - torch.log(1 - y.pow(2) + 1e-6)  # tanh change of variables
