@@ -15,7 +15,8 @@ import torch
 
 from qvpo import checkpoint
 
-BLOCK_ROWS = 50_000
+BLOCK_ROWS = 10_000
+"""Rows per saved block: a checkpoint interval of 10k steps dirties at most two."""
 
 
 class ReplayBuffer:

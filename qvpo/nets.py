@@ -60,3 +60,16 @@ def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
     """Polyak averaging: target <- tau * source + (1 - tau) * target."""
     for tp, sp in zip(target.parameters(), source.parameters()):
         tp.lerp_(sp, tau)
+
+
+def twin_q_step(critic: TwinQ, optimizer: torch.optim.Optimizer, obs: torch.Tensor, action: torch.Tensor,
+                target: torch.Tensor, grad_clip: float = 0.0) -> torch.Tensor:
+    """One optimiser step on MSE(Q1, y) + MSE(Q2, y); clips the gradient norm when grad_clip > 0."""
+    q1, q2 = critic(obs, action)
+    loss = torch.nn.functional.mse_loss(q1, target) + torch.nn.functional.mse_loss(q2, target)
+    optimizer.zero_grad()
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(critic.parameters(), grad_clip)
+    optimizer.step()
+    return loss.detach()

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from qvpo.agent import OffPolicyAgent
 from qvpo.diffusion import DiffusionSchedule, NoisePredictor, ddpm_sample, weighted_eps_loss
 from qvpo.errors import UserError
-from qvpo.nets import TwinQ, init_authors_normal, soft_update
+from qvpo.nets import TwinQ, init_authors_normal, soft_update, twin_q_step
 from qvpo.settings import OffPolicySettings
 
 
@@ -169,13 +169,7 @@ class QVPO(OffPolicyAgent):
             candidates = self.sample(self.actor_target, b["next_obs"], c.kt)
             _, next_scores = best_candidate(self.critic_target, b["next_obs"], candidates)
             y = td_target(b["reward"], done, c.gamma, next_scores)
-        q1, q2 = self.critic(b["obs"], b["action"])
-        q_loss = F.mse_loss(q1, y) + F.mse_loss(q2, y)
-        self.critic_optimizer.zero_grad()
-        q_loss.backward()
-        if c.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.critic.parameters(), c.grad_clip)
-        self.critic_optimizer.step()
+        q_loss = twin_q_step(self.critic, self.critic_optimizer, b["obs"], b["action"], y, c.grad_clip)
 
         # 2. policy: Q-weights of Nd candidates per state
         states = b["obs"]
@@ -208,7 +202,7 @@ class QVPO(OffPolicyAgent):
 
         soft_update(self.critic_target, self.critic, c.tau)
         soft_update(self.actor_target, self.actor, c.tau)
-        return {"q_loss": q_loss.detach(), "actor_loss": actor_loss.detach(), "w_eq": w_eq.mean(),
+        return {"q_loss": q_loss, "actor_loss": actor_loss.detach(), "w_eq": w_eq.mean(),
                 "omega_ent": omega, "q_mean": scores.mean()}
 
     def update(self, step: int) -> dict[str, float]:

@@ -9,11 +9,10 @@ import copy
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from qvpo.agent import OffPolicyAgent
-from qvpo.nets import TwinQ, mlp, soft_update
+from qvpo.nets import TwinQ, mlp, soft_update, twin_q_step
 from qvpo.settings import OffPolicySettings
 
 
@@ -113,12 +112,7 @@ class SAC(OffPolicyAgent):
             next_action, next_log_pi, _ = self.actor.sample(b["next_obs"])
             q1_next, q2_next = self.critic_target(b["next_obs"], next_action)
             y = soft_target(b["reward"], b["terminated"], c.gamma, q1_next, q2_next, next_log_pi, alpha)
-        q1, q2 = self.critic(b["obs"], b["action"])
-        q_loss = F.mse_loss(q1, y) + F.mse_loss(q2, y)
-        self.q_optimizer.zero_grad()
-        q_loss.backward()
-        self.q_optimizer.step()
-        metrics = {"q_loss": q_loss.detach()}
+        metrics = {"q_loss": twin_q_step(self.critic, self.q_optimizer, b["obs"], b["action"], y)}
 
         if self.n_updates % c.policy_frequency == 0:
             for _ in range(c.policy_frequency):  # compensate for the delay (CleanRL)

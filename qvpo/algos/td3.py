@@ -9,10 +9,9 @@ import copy
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from qvpo.agent import OffPolicyAgent
-from qvpo.nets import TwinQ, mlp, soft_update
+from qvpo.nets import TwinQ, mlp, soft_update, twin_q_step
 from qvpo.settings import OffPolicySettings
 
 
@@ -74,12 +73,7 @@ class TD3(OffPolicyAgent):
             next_action = smoothed_target_action(self.actor_target(b["next_obs"]), torch.randn_like(b["action"]),
                                                  c.policy_noise, c.noise_clip)
             y = b["reward"] + (1 - b["terminated"]) * c.gamma * self.critic_target.min_q(b["next_obs"], next_action)
-        q1, q2 = self.critic(b["obs"], b["action"])
-        q_loss = F.mse_loss(q1, y) + F.mse_loss(q2, y)
-        self.q_optimizer.zero_grad()
-        q_loss.backward()
-        self.q_optimizer.step()
-        metrics = {"q_loss": q_loss.detach()}
+        metrics = {"q_loss": twin_q_step(self.critic, self.q_optimizer, b["obs"], b["action"], y)}
 
         if self.n_updates % c.policy_frequency == 0:  # delayed policy and target updates
             actor_loss = -self.critic.q1(torch.cat([b["obs"], self.actor(b["obs"])], -1)).mean()
