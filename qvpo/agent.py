@@ -1,7 +1,8 @@
 """The one interface every algorithm implements; the loop and the CLI use nothing else.
 
 An agent is built from (obs_dim, act_dim, settings, device, total_steps) and
-- `act(obs, mode)`: actions in [-1, 1] for a batch of observations; mode is
+- `act(obs, mode)`: actions for a batch of observations, meant for [-1, 1] (the env pool
+  clips, so a Gaussian policy may return unclipped draws); mode is
   "explore" (behaviour policy), "evaluate" (evaluation policy), "policy" (one plain
   draw from the learned policy, for figure 2), or one of `extra_eval_modes`;
 - `observe(transition)`: stores what it needs (replay or rollout);

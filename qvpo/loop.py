@@ -143,22 +143,24 @@ class Trainer:
         self._signal: int | None = None
 
     # -- run directory ------------------------------------------------------------------
-    def prepare_dir(self) -> dict | None:
-        """Refuse a directory of another run; returns the existing meta of this run, if any."""
+    def check_dir(self) -> dict | None:
+        """Refuse a directory of another run (touching nothing); returns this run's existing meta, if any."""
         d = self.run_dir
         meta = runlog.read_meta(d)
-        if self.req.restart and d.exists():
-            shutil.rmtree(d)
-            meta = None
-        elif meta is not None and meta.get("identity") != self.identity:
+        if self.req.restart:
+            return None
+        if meta is not None and meta.get("identity") != self.identity:
             diffs = [k for k in ("algo", "env", "seed", "code_hash") if meta.get(k) != self._meta_base()[k]]
             what = ", ".join(diffs) if diffs else "settings"
             raise UserError(f"{d} holds another run (different {what}); use --restart to replace it")
-        elif meta is None and d.exists() and any(d.iterdir()):
+        if meta is None and d.exists() and any(d.iterdir()):
             raise UserError(f"{d} exists and is not a qvpo run directory; use --restart to replace it")
-        d.mkdir(parents=True, exist_ok=True)
-        (d / CKPT_DIR).mkdir(exist_ok=True)
         return meta
+
+    def create_dir(self) -> None:
+        if self.req.restart and self.run_dir.exists():
+            shutil.rmtree(self.run_dir)
+        (self.run_dir / CKPT_DIR).mkdir(parents=True, exist_ok=True)
 
     def _meta_base(self) -> dict:
         r = self.req
@@ -207,7 +209,7 @@ class Trainer:
     # -- the loop -----------------------------------------------------------------------
     def run(self) -> int:
         req, s = self.req, self.settings
-        old_meta = self.prepare_dir()
+        old_meta = self.check_dir()
         if old_meta is not None and old_meta.get("status") == "complete" and old_meta.get("step", 0) >= req.steps:
             print(f"qvpo: {self.run_dir} is already complete at {old_meta['step']} steps", file=sys.stderr)
             return 0
@@ -215,6 +217,7 @@ class Trainer:
         seed_everything(req.seed)
         self.agent: Agent = self.agent_cls(self.pool.obs_dim, self.pool.act_dim, self.settings, self.device,
                                            req.steps, req.seed)
+        self.create_dir()  # only now: an agent that refuses its settings leaves no half-made directory
         self.action_rng = np.random.default_rng([req.seed, 1])
         n = len(self.pool.envs)
         self.ep_return, self.ep_length = np.zeros(n), np.zeros(n, dtype=np.int64)

@@ -27,35 +27,48 @@ TRAINING_EXCLUDED = ("report", "bench")
 """Subpackages that cannot change what a training run learns or records."""
 
 
-def _algo_dependencies(algo: str) -> set[str]:
-    """The algorithm's own module and the algorithm modules it imports (e.g. SPO on PPO)."""
-    seen, todo = set(), [algo]
+TRAINING_ROOTS = ("loop", "cli")
+"""Modules a training run starts from; with the algorithm's module, their qvpo imports are hashed."""
+IMPORT = re.compile(r"^\s*(?:from\s+qvpo((?:\.\w+)*)\s+import\s+([\w, ()]+)|import\s+qvpo((?:\.\w+)+))", re.M)
+
+
+def _module_path(dotted: str) -> Path | None:
+    """qvpo.a.b -> its file (a module or a package's __init__), or None."""
+    base = PACKAGE_DIR.joinpath(*dotted.split(".")[1:]) if "." in dotted else PACKAGE_DIR
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def training_sources(algo: str) -> list[Path]:
+    """The package files a training run of `algo` can execute: the import closure of the loop, the
+    CLI and the algorithm's module. Other algorithms, the algorithm registry (a name -> module table)
+    and the report and bench subpackages stay out, so editing one algorithm changes only its runs."""
+    todo = [f"qvpo.{m}" for m in TRAINING_ROOTS] + [f"qvpo.algos.{algo}"]
+    seen: set[Path] = set()
     while todo:
-        name = todo.pop()
-        if name in seen:
+        path = _module_path(todo.pop())
+        if path is None or path in seen:
             continue
-        seen.add(name)
-        path = PACKAGE_DIR / "algos" / f"{name}.py"
-        if path.exists():
-            todo += re.findall(r"qvpo\.algos\.(\w+)", path.read_text())
-    return seen
+        rel = path.relative_to(PACKAGE_DIR)
+        if rel.parts[0] in TRAINING_EXCLUDED or rel == Path("algos/__init__.py"):
+            continue
+        seen.add(path)
+        for package, names, module in IMPORT.findall(path.read_text()):
+            if module:
+                todo.append(f"qvpo{module}")
+            else:
+                todo.append(f"qvpo{package}")
+                todo += [f"qvpo{package}.{n.strip()}" for n in names.strip("()").split(",") if n.strip()]
+    return sorted(seen)
 
 
 def code_hash(algo: str) -> str:
-    """sha256 (16 hex) over the package sources a training run of `algo` executes.
-
-    Other algorithms' modules and the reporting code are left out, so editing one
-    algorithm changes only its own runs' identity, and editing plots changes none.
-    """
-    own = _algo_dependencies(algo)
+    """sha256 (16 hex) over `training_sources(algo)`, names and contents."""
     h = hashlib.sha256()
-    for path in sorted(PACKAGE_DIR.rglob("*.py")):
-        rel = path.relative_to(PACKAGE_DIR)
-        if rel.parts[0] in TRAINING_EXCLUDED:
-            continue
-        if rel.parts[0] == "algos" and rel.stem != "__init__" and rel.stem not in own:
-            continue
-        h.update(str(rel).encode() + b"\0" + path.read_bytes() + b"\0")
+    for path in training_sources(algo):
+        h.update(str(path.relative_to(PACKAGE_DIR)).encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()[:16]
 
 

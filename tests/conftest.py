@@ -17,12 +17,19 @@ torch.set_num_threads(1)
 # Checkpoints every 200 steps so a test can kill a run between checkpoints.
 COMMON = ["eval_every=200", "eval_episodes=2", "checkpoint_every=200"]
 OFF_POLICY = COMMON + ["warmup_steps=100", "batch_size=32", "hidden=[32,32]"]
+ON_POLICY = COMMON + ["num_steps=64", "num_envs=2", "num_minibatches=4", "update_epochs=2"]
 TINY = {
     "sac": ("Hopper-v5", OFF_POLICY),
     "td3": ("Hopper-v5", OFF_POLICY),
+    "ppo": ("Hopper-v5", ON_POLICY),
+    "spo": ("Hopper-v5", ON_POLICY),
     "qvpo": ("Hopper-v5", COMMON + ["warmup_steps=100", "batch_size=16", "diffusion_steps=3", "nd=4", "kb=2",
                                     "kt=2", "eval_candidates=4", "ne=2", "hidden=32", "t_dim=8",
                                     "critic_hidden=[32,32]"]),
+    "dipo": ("Hopper-v5", COMMON + ["warmup_steps=100", "batch_size=16", "diffusion_steps=3", "hidden=32", "t_dim=8",
+                                    "critic_hidden=[32,32]", "action_gradient_steps=2", "memory_write_back=true"]),
+    "qsm": ("Hopper-v5", COMMON + ["warmup_steps=100", "batch_size=16", "diffusion_steps=3", "hidden=[32,32]",
+                                   "time_dim=8", "time_hidden=[16,16]", "critic_hidden=[32,32]"]),
 }
 
 

@@ -113,7 +113,7 @@ def test_a_row_cut_short_by_a_kill_is_dropped_on_resume(tmp_path):
     assert all(r["episode_length"] for r in read_csv(run / "train.csv"))
 
 
-ALGOS = st.sampled_from(["sac", "td3", "qvpo", "SAC", "", "../x", "sac;rm", "nope"])
+ALGOS = st.sampled_from(["sac", "td3", "qvpo", "ppo", "spo", "dipo", "qsm", "SAC", "", "../x", "sac;rm", "nope"])
 ENVS = st.sampled_from(["Pendulum-v1", "MultiPeakBandit-v0", "CartPole-v1", "NoSuch-v5", "", "a/b-v1", "Hopper"])
 KEYS = st.sampled_from(["eval_every", "eval_episodes", "tau", "gamma", "hidden", "warmup_steps", "nope", "",
                         "q_transform", "checkpoint_every"])

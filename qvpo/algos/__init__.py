@@ -10,6 +10,10 @@ ALGORITHMS = {
     "sac": "qvpo.algos.sac:SAC",
     "td3": "qvpo.algos.td3:TD3",
     "qvpo": "qvpo.algos.qvpo:QVPO",
+    "ppo": "qvpo.algos.ppo:PPO",
+    "spo": "qvpo.algos.spo:SPO",
+    "dipo": "qvpo.algos.dipo:DIPO",
+    "qsm": "qvpo.algos.qsm:QSM",
 }
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
