@@ -4,8 +4,10 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -61,6 +63,45 @@ def columns(path: Path, names: list[str]) -> list[tuple]:
 
 def meta(run_dir: Path) -> dict:
     return json.loads((run_dir / "meta.json").read_text())
+
+
+TIMING = {"wall_time_s"}
+
+
+def logged(run_dir: Path) -> dict[str, list[dict]]:
+    """Every logged column but wall-clock time, which no two runs share."""
+    return {name: [{k: v for k, v in r.items() if k not in TIMING} for r in read_csv(run_dir / name)]
+            for name in ("eval.csv", "train.csv")}
+
+
+def start(args: list[str], **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    kwargs.setdefault("stdout", subprocess.DEVNULL)
+    kwargs.setdefault("stderr", subprocess.DEVNULL)
+    return subprocess.Popen([sys.executable, "-m", "qvpo", *args], env=env, **kwargs)
+
+
+def wait_for_checkpoint(run: Path, proc: subprocess.Popen, min_step: int, timeout: float = 240) -> int | None:
+    """The step of the first checkpoint at or after `min_step` the running `proc` records, or None."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            step = json.loads((run / "meta.json").read_text()).get("step", 0)
+        except (OSError, json.JSONDecodeError):
+            step = 0
+        if step >= min_step:
+            return step
+        time.sleep(0.01)
+    return None
+
+
+def kill_after_checkpoint(args: list[str], run: Path, min_step: int) -> int | None:
+    """Run `qvpo ARGS`, SIGKILL it once it has checkpointed at or after `min_step`; that step."""
+    proc = start(args)
+    step = wait_for_checkpoint(run, proc, min_step)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return step
 
 
 @pytest.fixture(params=sorted(TINY))

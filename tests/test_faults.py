@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import errno
-import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -14,23 +12,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import meta, read_csv, run_cli, tiny_args
+from conftest import logged, meta, read_csv, run_cli, start, tiny_args, wait_for_checkpoint
 from qvpo import checkpoint
 from qvpo.algos.sac import SAC
 from qvpo.cli import main
-from test_harness import logged
-
-
-def wait_for_checkpoint(run, proc, min_step=200, timeout=240):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if json.loads((run / "meta.json").read_text()).get("step", 0) >= min_step:
-                return True
-        except (OSError, json.JSONDecodeError):
-            pass
-        time.sleep(0.02)
-    return False
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
@@ -38,9 +23,8 @@ def test_signal_checkpoints_and_exits_then_resumes_exactly(sig, tmp_path):
     steps = 1200
     ref, run = tmp_path / "ref", tmp_path / "run"
     assert main(tiny_args("sac", ref, steps)) == 0
-    proc = subprocess.Popen([sys.executable, "-m", "qvpo", *tiny_args("sac", run, steps)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    assert wait_for_checkpoint(run, proc)
+    proc = start(tiny_args("sac", run, steps), stderr=subprocess.PIPE, text=True)
+    assert wait_for_checkpoint(run, proc, 200)
     sent = time.monotonic()
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=25)

@@ -2,28 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import yaml
 
-from conftest import TINY, meta, read_csv, run_cli, tiny_args
+from conftest import TINY, kill_after_checkpoint, logged, meta, read_csv, run_cli, tiny_args
 from qvpo.cli import main
-
-TIMING = {"wall_time_s"}
-
-
-def logged(run_dir) -> dict[str, list[dict]]:
-    """Every logged column but wall-clock time, which no two runs share."""
-    out = {}
-    for name in ("eval.csv", "train.csv"):
-        out[name] = [{k: v for k, v in r.items() if k not in TIMING} for r in read_csv(run_dir / name)]
-    return out
-
 
 def test_run_directory_files(algo, tmp_path):
     run = tmp_path / "run"
@@ -52,34 +36,20 @@ def test_same_command_twice_is_identical(algo, tmp_path):
     assert logged(tmp_path / "a") == logged(tmp_path / "b")
 
 
-def test_sigkill_after_checkpoint_then_resume_is_exact(algo, tmp_path):
+def test_sigkill_after_several_checkpoints_then_resume_is_exact(algo, tmp_path):
     steps = 1200
     ref, run = tmp_path / "ref", tmp_path / "run"
     assert main(tiny_args(algo, ref, steps)) == 0
-
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
-    proc = subprocess.Popen([sys.executable, "-m", "qvpo", *tiny_args(algo, run, steps)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    killed_at = None
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            m = json.loads((run / "meta.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            m = {}
-        if m.get("step", 0) >= 200:
-            proc.send_signal(signal.SIGKILL)
-            killed_at = m["step"]
-            break
-        time.sleep(0.02)
-    proc.wait()
-    assert killed_at is not None and killed_at < steps, "the run finished before it could be killed"
+    first = kill_after_checkpoint(tiny_args(algo, run, steps), run, 200)
+    assert first is not None and first < steps, "the run finished before it could be killed"
+    second = kill_after_checkpoint(tiny_args(algo, run, steps), run, first + 400)
+    assert second is not None and first < second < steps
 
     result = run_cli(tiny_args(algo, run, steps))
     assert result.returncode == 0, result.stderr
-    assert f"resuming {run} from step {killed_at}" in result.stderr
+    assert f"resuming {run} from step {second}" in result.stderr
     m = meta(run)
-    assert m["resumed_from_step"] == [killed_at] and m["status"] == "complete"
+    assert m["resumed_from_step"] == [first, second] and m["status"] == "complete"
     assert logged(run) == logged(ref)
 
 

@@ -2,12 +2,8 @@
 run files, exact resume from a checkpoint in the middle of a rollout (signal and SIGKILL)."""
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -15,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import meta, read_csv, run_cli
+from conftest import kill_after_checkpoint, logged, meta, read_csv, run_cli
 from qvpo.algos.ppo import PPO, PPOSettings, clipped_surrogate
 from qvpo.algos.spo import SPO, SPOSettings, kl_clip_factor, kl_clip_loss, ratio_penalty_loss
 from qvpo.cli import main
@@ -225,7 +221,6 @@ def test_state_dict_mid_rollout_continues_exactly(cls):
 # -- through the CLI ------------------------------------------------------------------------
 
 ENV = "InvertedPendulum-v5"
-TIMING = {"wall_time_s"}
 
 
 def cli_args(algo: str, out, steps: int = 512, checkpoint_every: int = 10000) -> list[str]:
@@ -237,11 +232,6 @@ def cli_args(algo: str, out, steps: int = 512, checkpoint_every: int = 10000) ->
     for s in sets:
         args += ["--set", s]
     return args
-
-
-def logged(run_dir) -> dict[str, list[dict]]:
-    return {name: [{k: v for k, v in r.items() if k not in TIMING} for r in read_csv(run_dir / name)]
-            for name in ("eval.csv", "train.csv")}
 
 
 @pytest.fixture(scope="module")
@@ -292,22 +282,7 @@ def test_sigkill_after_a_mid_rollout_checkpoint_then_resume_is_exact(algo, tmp_p
     steps, every = 1024, 100  # checkpoints at 100, 200, ...: none a multiple of the 128-step rollout
     ref, run = tmp_path / "ref", tmp_path / "run"
     assert main(cli_args(algo, ref, steps, every)) == 0
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
-    proc = subprocess.Popen([sys.executable, "-m", "qvpo", *cli_args(algo, run, steps, every)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    killed_at = None
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            m = json.loads((run / "meta.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            m = {}
-        if m.get("step", 0) >= every:
-            proc.send_signal(signal.SIGKILL)
-            killed_at = m["step"]
-            break
-        time.sleep(0.01)
-    proc.wait()
+    killed_at = kill_after_checkpoint(cli_args(algo, run, steps, every), run, every)
     assert killed_at is not None and killed_at < steps and killed_at % 128, "not killed after a mid-rollout checkpoint"
     result = run_cli(cli_args(algo, run, steps, every))
     assert result.returncode == 0, result.stderr
