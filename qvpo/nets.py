@@ -62,14 +62,19 @@ def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
         tp.lerp_(sp, tau)
 
 
+def gradient_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, parameters, grad_clip: float = 0.0) -> None:
+    """zero_grad, backward, clip the gradient norm of `parameters` when grad_clip > 0, step."""
+    optimizer.zero_grad()
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
+    optimizer.step()
+
+
 def twin_q_step(critic: TwinQ, optimizer: torch.optim.Optimizer, obs: torch.Tensor, action: torch.Tensor,
                 target: torch.Tensor, grad_clip: float = 0.0) -> torch.Tensor:
     """One optimiser step on MSE(Q1, y) + MSE(Q2, y); clips the gradient norm when grad_clip > 0."""
     q1, q2 = critic(obs, action)
     loss = torch.nn.functional.mse_loss(q1, target) + torch.nn.functional.mse_loss(q2, target)
-    optimizer.zero_grad()
-    loss.backward()
-    if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(critic.parameters(), grad_clip)
-    optimizer.step()
+    gradient_step(optimizer, loss, critic.parameters(), grad_clip)
     return loss.detach()
