@@ -20,6 +20,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from qvpo.bench import add_bench_command
     from qvpo.report import add_report_commands
 
     p = _Parser(prog="qvpo", description="Diffusion-policy online RL: QVPO and its baselines.")
@@ -37,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: CUDA when present)")
     t.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     t.add_argument("--restart", action="store_true", help="discard whatever RUN_DIR holds and start afresh")
+    t.add_argument("--accept-code-change", action="store_true",
+                   help="continue a run whose code changed since (recorded in meta.json code_history)")
     t.add_argument("--progress", choices=["auto", "bar", "log"], default="auto")
 
     e = sub.add_parser("evaluate", help="evaluate a run directory's saved policy")
@@ -50,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--algo", required=True)
 
     add_report_commands(sub)
+    add_bench_command(sub)
     return p
 
 
@@ -65,7 +69,7 @@ def cmd_train(args) -> int:
         overrides[key] = value
     progress = {"auto": None, "bar": True, "log": False}[args.progress]
     req = TrainRequest(args.algo, args.env, args.seed, args.steps, args.out, overrides, args.device, args.threads,
-                       args.restart, progress)
+                       args.restart, args.accept_code_change, progress)
     return Trainer(req).run()
 
 

@@ -19,12 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from qvpo import algos, checkpoint, runlog
 from qvpo.agent import Agent, uniform_actions
 from qvpo.envs import EnvPool
 from qvpo.errors import RunStopped, UserError
-from qvpo.settings import as_dict, resolve
+from qvpo.settings import NOT_IDENTITY, as_dict, resolve
 
 CKPT_DIR = "checkpoint"
 STATE_FILE = "state.pt"
@@ -120,6 +121,7 @@ class TrainRequest:
     device: str = "auto"
     threads: int | None = None
     restart: bool = False
+    accept_code_change: bool = False
     progress: bool | None = None
 
 
@@ -151,11 +153,24 @@ class Trainer:
             return None
         if meta is not None and meta.get("identity") != self.identity:
             diffs = [k for k in ("algo", "env", "seed", "code_hash") if meta.get(k) != self._meta_base()[k]]
-            what = ", ".join(diffs) if diffs else "settings"
-            raise UserError(f"{d} holds another run (different {what}); use --restart to replace it")
+            if not self._same_settings(d):
+                diffs.append("settings")
+            if diffs == ["code_hash"] and self.req.accept_code_change:
+                return meta
+            hint = " (or --accept-code-change to continue it with the new code)" if diffs == ["code_hash"] else ""
+            raise UserError(f"{d} holds another run (different {', '.join(diffs)}); use --restart to replace it{hint}")
         if meta is None and d.exists() and any(d.iterdir()):
             raise UserError(f"{d} exists and is not a qvpo run directory; use --restart to replace it")
         return meta
+
+    def _same_settings(self, d: Path) -> bool:
+        """The run's recorded settings equal ours, counting a setting added since as equal at its default."""
+        try:
+            old = yaml.safe_load((d / "config.yaml").read_text())["settings"]
+        except (OSError, yaml.YAMLError, KeyError, TypeError):
+            return False
+        defaults = as_dict(self.agent_cls.Settings())
+        return all(old.get(k, defaults[k]) == v for k, v in self.settings_dict.items() if k not in NOT_IDENTITY)
 
     def create_dir(self) -> None:
         if self.req.restart and self.run_dir.exists():
@@ -240,6 +255,10 @@ class Trainer:
 
         step = 0
         resumes = list(old_meta.get("resumed_from_step", [])) if old_meta else []
+        code_history = list(old_meta.get("code_history", [])) if old_meta else []
+        if old_meta and old_meta.get("code_hash") != self.code:  # --accept-code-change: say which code ran when
+            code_history.append({"code_hash": old_meta.get("code_hash"), "git_commit": old_meta.get("git_commit"),
+                                 "until_step": old_meta.get("step")})
         if (self.run_dir / CKPT_DIR / STATE_FILE).exists():
             step = self.load_checkpoint()
             resumes.append(step)
@@ -249,11 +268,11 @@ class Trainer:
         else:
             for log in self.logs:
                 log.reset()
-            resumes = []
+            resumes, code_history = [], []
         self.t_start = time.monotonic()
         self.meta = {**self._meta_base(), "git_commit": runlog.git_commit(), "versions": runlog.versions(),
                      "device": str(self.device), "threads": torch.get_num_threads(), "status": "running",
-                     "steps": req.steps, "step": step, "resumed_from_step": resumes,
+                     "steps": req.steps, "step": step, "resumed_from_step": resumes, "code_history": code_history,
                      "wall_time_s": round(self.time_before, 3), "last_eval_return": self.last_eval}
         runlog.write_config(self.run_dir, req.algo, req.env_id, req.seed, self.settings_dict)
         runlog.write_meta(self.run_dir, self.meta)

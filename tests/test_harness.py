@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from conftest import TINY, kill_after_checkpoint, logged, meta, read_csv, run_cli, tiny_args
+from qvpo import runlog
 from qvpo.cli import main
 
 def test_run_directory_files(algo, tmp_path):
@@ -155,3 +156,23 @@ def test_tiny_table_covers_every_registered_algorithm():
     from qvpo.algos import ALGORITHMS
 
     assert set(TINY) == set(ALGORITHMS)
+
+
+def test_changed_code_is_refused_unless_accepted_and_then_recorded(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(tiny_args("sac", run, 200)) == 0
+    m = meta(run)  # pretend the run was made by other code
+    m["code_hash"] = "0" * 16
+    m["identity"] = runlog.identity("sac", m["env"], 0, yaml.safe_load((run / "config.yaml").read_text())["settings"],
+                                    m["code_hash"])
+    (run / "meta.json").write_text(json.dumps(m))
+    capsys.readouterr()
+    assert main(tiny_args("sac", run, 400)) == 2
+    assert "--accept-code-change" in capsys.readouterr().err
+    assert main(tiny_args("sac", run, 400) + ["--accept-code-change"]) == 0
+    m = meta(run)
+    assert m["code_history"] == [{"code_hash": "0" * 16, "git_commit": m["code_history"][0]["git_commit"],
+                                  "until_step": 200}]
+    assert m["resumed_from_step"] == [200] and m["code_hash"] == runlog.code_hash("sac")
+    # other settings are never accepted
+    assert main(tiny_args("sac", run, 400) + ["--set", "tau=0.01", "--accept-code-change"]) == 2
