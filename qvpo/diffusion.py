@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from qvpo.nets import init_authors_normal
+from qvpo.nets import TwinQ, init_authors_normal
 
 
 # --------------------------------------------------------------------------- schedule
@@ -173,13 +173,13 @@ class NoisePredictor(nn.Module):
 
     def forward_factored(self, a_t: torch.Tensor, t: torch.Tensor, s: torch.Tensor,
                          T: int | None = None) -> torch.Tensor:
-        """Same value as forward() via the factored first layer (tests; differentiable).
-        T bounds the time table (default max(t)+1, which costs one host sync)."""
+        """Same value as forward() via the factored first layer and the fast `mish` (differentiable;
+        the diffusion loss's path). T bounds the time table (default max(t)+1, which costs one host sync)."""
         w_a, _, _, _ = self.first_layer_split()
         table = self.time_features(int(t.max()) + 1 if T is None else T)
         h = torch.addmm(self.state_features(s) + table[t], a_t, w_a.t())
         for lin in self.hidden_layers():
-            h = lin(F.mish(h))
+            h = lin(mish(h))
         return h
 
 
@@ -187,77 +187,162 @@ class NoisePredictor(nn.Module):
 
 
 def mish_(h: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
-    """In-place Mish for the float32 sampler, using `tmp` (same shape) as scratch.
+    """In-place Mish for the float32 sampler, using `tmp` (same shape) as scratch; tmp ends as 1 + e^x + e^2x / 2.
 
-    mish(x) = x tanh(log(1 + e^x)) = x - 2x / ((1 + e^x)^2 + 1)   (tanh(log u) = (u^2-1)/(u^2+1)).
-    Why: ATen's CPU mish measured ~17 ms per 16384x256 floats on one core (an exp pass:
-    ~1 ms) and took ~half the sampler's time; these 5 cheap passes run in cache (the
-    sampler chunks rows) and halve the sampler's time. e^x = inf for x > 88 still gives x.
+    mish(x) = x tanh(log(1 + e^x)) = x - x / (1 + e^x + e^2x / 2)   (tanh(log u) = (u^2-1)/(u^2+1), u = 1 + e^x).
+    Why: ATen's CPU mish measured ~4x slower than these 4 passes (exp, addcmul, add, addcdiv),
+    which run in cache because the sampler chunks rows. e^x = inf for x > 88 still gives x.
     Absolute error vs F.mish < 2e-6 (cancellation for very negative x, where mish ~ 0).
     """
-    torch.exp(h, out=tmp).add_(1.0).square_().add_(1.0)
-    return h.addcdiv_(h, tmp, value=-2.0)
+    torch.exp(h, out=tmp).addcmul_(tmp, tmp, value=0.5).add_(1.0)
+    return h.addcdiv_(h, tmp, value=-1.0)
 
 
-class _FactoredEps:
-    """eps_theta for all N = K*B rows of one sampling call, via the factored first layer.
+class _Mish(torch.autograd.Function):
+    """Mish with mish_'s arithmetic forward and the derivative
+    mish'(x) = 1 - r + x sigmoid(x) r (2 - r), r = 1 / (1 + e^x + e^2x / 2)
+    (= tanh(softplus(x)) + x sigmoid(x) sech^2(softplus(x))). ATen's CPU mish and mish_backward took
+    about half the diffusion loss's time; these passes run about twice as fast (forward 3x)."""
 
-    Rows are candidate-major (row k*B + b is candidate k of state b). The per-state part
-    W_s s + b1 and the per-step part W_t t_emb(t) are computed once per call; per step,
-    their [B, H] sum is broadcast over candidates through addmm's bias, so the states
-    are never copied K times. The MLP runs in chunks of `chunk_rows` rows so that the
-    hidden activations (chunk x 256 floats) stay in cache across the elementwise
-    passes; buffers are preallocated (a fresh 16 MB tensor per op costs page faults).
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        w = torch.empty_like(x)
+        y = mish_(x.clone(), w)
+        ctx.save_for_backward(x, w)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        x, w = ctx.saved_tensors
+        r = w.reciprocal()
+        slope = torch.sigmoid(x).mul_(x).mul_(r).mul_(torch.rsub(r, 2.0)).add_(1.0).sub_(r)
+        return slope.mul_(grad)
+
+
+def mish(x: torch.Tensor) -> torch.Tensor:
+    """Differentiable Mish, equal to F.mish within 2e-6 (value) and its gradient within 1e-5 (tested)."""
+    return _Mish.apply(x)
+
+
+CPU_CHUNK_ROWS = 512
+"""Rows per chunk of the chunked MLP on the CPU, each chunk on one core: its three [512, 256] float32 buffers
+(1.5 MB) stay in the core's L2 (measured best of 256-2048)."""
+
+_WORKER_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+def _worker_pool(n: int) -> ThreadPoolExecutor:
+    if n not in _WORKER_POOLS:
+        _WORKER_POOLS[n] = ThreadPoolExecutor(n, thread_name_prefix="qvpo-chunks")
+    return _WORKER_POOLS[n]
+
+
+def chunk_network(x: torch.Tensor, base: torch.Tensor, w_xT: torch.Tensor,
+                  hidden: list[tuple[torch.Tensor, torch.Tensor]], w_last: torch.Tensor,
+                  b_last: torch.Tensor) -> torch.Tensor:
+    """One chunk of a factored Linear-Mish MLP, out of place: h = mish(base + x W_x^T), then mish(h W^T + b) per
+    hidden (W^T, b) in the dtype of W (cast back to float32), then the outputs transposed, W_last h^T + b_last
+    [out, rows]. ChunkedMishMLP's arithmetic without its buffers: what `compile=True` hands to torch.compile."""
+    h = mish(torch.addmm(base, x, w_xT))
+    for w, b in hidden:
+        h = mish(torch.addmm(b, h.to(w.dtype), w).float())
+    return torch.addmm(b_last[:, None], w_last, h.t())
+
+
+class ChunkedMishMLP:
+    """No-grad evaluation of a Linear-Mish MLP on N = K*B candidate-major rows whose first layer is factored.
+
+    Row k*B + b (candidate k of state b) has the first pre-activation base[b] + x[k*B + b] W_x^T, where base [B, H]
+    holds what depends on the state (and step) only, computed once per state instead of per candidate: addmm
+    broadcasts it over candidates through its bias argument, so states are never copied K times. The layers run
+    in chunks of `chunk_rows` rows so that the hidden activations stay in cache across Mish's elementwise passes;
+    buffers are preallocated (a fresh 16 MB tensor per op costs page faults). The narrow last layer is computed
+    transposed, W_last h^T into an [out, N] buffer (3x faster than h W_last^T on the CPU for 3 outputs).
+    With T torch threads on the CPU, T worker threads each run every T-th chunk on one core (torch set to one
+    thread meanwhile; kernels release the GIL): no thread barrier per op, of which a call has thousands, and
+    which stall whenever the OS deschedules one thread of a busy machine; each chunk's result is the same for
+    any thread count.
+    dtype (e.g. bfloat16) is that of the wide hidden-to-hidden products only; the thin first and last layers and
+    Mish stay float32 (Mish's rewrite cancels badly in bf16, and ATen's bf16 elementwise ops are slower).
+    chunk_rows defaults to CPU_CHUNK_ROWS on the CPU, all rows on a GPU. `network` (e.g.
+    torch.compile(chunk_network)) replaces the eager in-place evaluation of a chunk.
     """
 
-    def __init__(self, model: NoisePredictor, s: torch.Tensor, K: int, T: int,
-                 chunk_rows: int, dtype: torch.dtype):
-        B, A, dev = s.shape[0], model.act_dim, s.device
-        w_a, _, _, _ = model.first_layer_split()
-        self.w_aT = w_a.t().to(dtype)                                         # [A, H]
-        self.lins = [(lin.weight.t().to(dtype), lin.bias.to(dtype)) for lin in model.hidden_layers()]
-        s_feat = model.state_features(s).to(dtype)                            # [B, H]
-        self.t_feat = model.time_features(T).to(dtype)                        # [T, H]
-        H = s_feat.shape[1]
+    def __init__(self, w_x: torch.Tensor, layers: list[nn.Linear], B: int, K: int, chunk_rows: int | None = None,
+                 dtype: torch.dtype = torch.float32, network=None):
+        dev = w_x.device
+        H = w_x.shape[0]
+        if chunk_rows is None:  # chunking only pays for CPU caches
+            chunk_rows = CPU_CHUNK_ROWS if dev.type == "cpu" else K * B
+        self.w_xT = w_x.t()                                                   # [X, H]
+        self.hidden = [(lin.weight.t().to(dtype), lin.bias.to(dtype)) for lin in layers[:-1]]
+        self.w_last, self.b_last = layers[-1].weight, layers[-1].bias         # [out, H], [out]
+        self.B = B
         R = max(1, chunk_rows)
         if B >= R:   # chunks within one candidate: bias rows = a slice of the B state rows
-            self.s_feat = s_feat
+            self.tiles = 1
             self.chunks = [(k * B + j, j, min(R, B - j)) for k in range(K) for j in range(0, B, R)]
-        else:        # a chunk holds g whole candidates: tile the B state rows g times (g*B rows, small)
-            g = min(K, R // B)
-            self.s_feat = s_feat.repeat(g, 1)
-            self.chunks = [(k * B, 0, min(g, K - k) * B) for k in range(0, K, g)]
+        else:        # a chunk holds g whole candidates: the B state rows tiled g times (g*B rows, small)
+            self.tiles = min(K, R // B)
+            self.chunks = [(k * B, 0, min(self.tiles, K - k) * B) for k in range(0, K, self.tiles)]
         rows = max(n for _, _, n in self.chunks)
-        self.base = torch.empty(self.s_feat.shape, device=dev, dtype=dtype)
-        self.h_a, self.h_b, self.tmp = (torch.empty(rows, H, device=dev, dtype=dtype) for _ in range(3))
-        self.eps = torch.empty(K * B, A, device=dev, dtype=dtype)
-        self.x_net = None if dtype == torch.float32 else torch.empty(K * B, A, device=dev, dtype=dtype)
-        if dtype == torch.float32:
-            self.act = mish_
-        else:  # the rewrite cancels badly in bf16 and ATen's bf16 mish is slow: Mish in float32
-            f32 = [torch.empty(rows, H, device=dev) for _ in range(2)]
+        self.base = torch.empty(self.tiles * B, H, device=dev) if self.tiles > 1 else None
+        self.out = torch.empty(self.w_last.shape[0], K * B, device=dev)     # transposed outputs
+        if network is not None:
+            self.network = network
+            self.run_chunks = self._run_network
+            return
+        self.run_chunks = self._run_eager
+        self.workers = min(torch.get_num_threads(), len(self.chunks)) if dev.type == "cpu" else 1
+        low = dtype != torch.float32   # products in `dtype` need their inputs and outputs in it
+        self.buffers = [(*(torch.empty(rows, H, device=dev) for _ in range(3)),
+                         *((torch.empty(rows, H, device=dev, dtype=dtype) for _ in range(2)) if low else (None, None)))
+                        for _ in range(self.workers)]
 
-            def act(h: torch.Tensor, _tmp: torch.Tensor) -> torch.Tensor:
-                n = h.shape[0]
-                return h.copy_(mish_(f32[0][:n].copy_(h), f32[1][:n]))
-            self.act = act
+    def __call__(self, x: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+        """x [K*B, X], base [B, H] -> the MLP's outputs [K*B, out] (a view of a buffer the next call reuses)."""
+        if self.base is not None:
+            base = self.base.view(self.tiles, self.B, -1).copy_(base).flatten(0, 1)
+        self.run_chunks(x, base)
+        return self.out.t()
 
-    def __call__(self, x: torch.Tensor, t: int) -> torch.Tensor:
-        if self.x_net is not None:
-            x = self.x_net.copy_(x)
-        torch.add(self.s_feat, self.t_feat[t], out=self.base)               # (W_s s + b1) + W_t t_emb(t)
-        (w2, b2), (w3, b3), (w4, b4) = self.lins
-        act, tmp = self.act, self.tmp
+    def _run_eager(self, x: torch.Tensor, base: torch.Tensor) -> None:
+        if self.workers == 1:
+            self._run_chunks(self.chunks, self.buffers[0], x, base)
+        else:
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                pool = _worker_pool(self.workers)
+                done = [pool.submit(self._run_chunks, self.chunks[i::self.workers], self.buffers[i], x, base)
+                        for i in range(self.workers)]
+                for future in done:
+                    future.result()
+            finally:
+                torch.set_num_threads(threads)
+        self.out.add_(self.b_last[:, None])
+
+    @torch.no_grad()  # grad mode is per thread
+    def _run_chunks(self, chunks: list[tuple[int, int, int]], buffers: tuple, x: torch.Tensor,
+                    base: torch.Tensor) -> None:
+        h_a, h_b, tmp_rows, low_in, low_out = buffers
+        for r0, b0, n in chunks:
+            h, h_next, tmp = h_a[:n], h_b[:n], tmp_rows[:n]
+            mish_(torch.addmm(base[b0:b0 + n], x[r0:r0 + n], self.w_xT, out=h), tmp)
+            for w, b in self.hidden:
+                if low_in is None:
+                    torch.addmm(b, h, w, out=h_next)
+                else:
+                    h_next.copy_(torch.addmm(b, low_in[:n].copy_(h), w, out=low_out[:n]))
+                mish_(h_next, tmp)
+                h, h_next = h_next, h
+            torch.mm(self.w_last, h.t(), out=self.out[:, r0:r0 + n])
+
+    def _run_network(self, x: torch.Tensor, base: torch.Tensor) -> None:
         for r0, b0, n in self.chunks:
-            h_a, h_b = self.h_a[:n], self.h_b[:n]
-            torch.addmm(self.base[b0:b0 + n], x[r0:r0 + n], self.w_aT, out=h_a)  # + W_a a_t
-            act(h_a, tmp[:n])
-            torch.addmm(b2, h_a, w2, out=h_b)
-            act(h_b, tmp[:n])
-            torch.addmm(b3, h_b, w3, out=h_a)
-            act(h_a, tmp[:n])
-            torch.addmm(b4, h_a, w4, out=self.eps[r0:r0 + n])
-        return self.eps
+            self.out[:, r0:r0 + n].copy_(
+                self.network(x[r0:r0 + n], base[b0:b0 + n], self.w_xT, self.hidden, self.w_last, self.b_last))
 
 
 def _update(x: torch.Tensor, eps: torch.Tensor, x0: torch.Tensor, coeffs: tuple, clip: float,
@@ -285,7 +370,7 @@ def ddpm_step(schedule: DiffusionSchedule, a_t: torch.Tensor, eps: torch.Tensor,
 def ddpm_sample(model: NoisePredictor, schedule: DiffusionSchedule, s: torch.Tensor,
                 n_candidates: int = 1, clip: float = 1.0, generator: torch.Generator | None = None,
                 noise_ratio: float = 1.0, factored: bool = True,
-                dtype: torch.dtype | None = None, chunk_rows: int | None = None) -> torch.Tensor:
+                dtype: torch.dtype | None = None, chunk_rows: int | None = None, network=None) -> torch.Tensor:
     """DDPM ancestral sampling of K = n_candidates actions per state: s [B, S] -> [B, K, A].
 
     a_T ~ N(0, I); for t = T-1..0: eps = model(a_t, t, s); a_0 = clamp(sqrt(1/abar) a_t
@@ -296,8 +381,11 @@ def ddpm_sample(model: NoisePredictor, schedule: DiffusionSchedule, s: torch.Ten
     state.repeat(K, 1)), one randn for a_T and one per step including t = 0 (drawn,
     then unused), so the same seed gives the same noise as their code.
     factored=False evaluates the plain network on materialised [K*B] rows (reference).
-    dtype (e.g. torch.bfloat16) runs the network in that dtype; a_t stays float32.
-    chunk_rows: rows per MLP chunk on the factored path (default 2048 on CPU, all on GPU).
+    dtype (e.g. torch.bfloat16): factored, the dtype of the hidden 256x256 products (ChunkedMishMLP);
+    plain, autocast to it. a_t stays float32.
+    chunk_rows: rows per MLP chunk on the factored path (ChunkedMishMLP's default if None).
+    network: evaluates a chunk on the factored path instead of the eager in-place code, e.g.
+    torch.compile(chunk_network) (the `compile` setting).
     """
     B, A, K = s.shape[0], model.act_dim, n_candidates
     N = B * K
@@ -307,9 +395,13 @@ def ddpm_sample(model: NoisePredictor, schedule: DiffusionSchedule, s: torch.Ten
     x0, z = torch.empty_like(x), torch.empty_like(x)
 
     if factored:
-        if chunk_rows is None:
-            chunk_rows = 2048 if dev.type == "cpu" else N    # chunking only pays for CPU caches
-        eps_fn = _FactoredEps(model, s, K, schedule.T, chunk_rows, dtype or torch.float32)
+        w_a, _, _, _ = model.first_layer_split()
+        net = ChunkedMishMLP(w_a, model.hidden_layers(), B, K, chunk_rows, dtype or torch.float32, network)
+        s_feat = model.state_features(s)                   # W_s s + b1 [B, H], once per state
+        t_feat = model.time_features(schedule.T)           # W_t t_emb(t) [T, H], once per step value
+
+        def eps_fn(x: torch.Tensor, t: int) -> torch.Tensor:
+            return net(x, s_feat + t_feat[t])
     else:
         s_rep = s.repeat(K, 1)                             # authors' candidate-major rows
         t_rows = torch.empty(N, dtype=torch.long, device=dev)
@@ -335,16 +427,57 @@ def ddpm_sample(model: NoisePredictor, schedule: DiffusionSchedule, s: torch.Ten
 def weighted_eps_loss(model: NoisePredictor, schedule: DiffusionSchedule, actions: torch.Tensor,
                       states: torch.Tensor, weights: torch.Tensor | None = None,
                       t: torch.Tensor | None = None, eps: torch.Tensor | None = None,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
+                      generator: torch.Generator | None = None, factored: bool = True) -> torch.Tensor:
     """Weighted noise-prediction loss (authors' p_losses with WeightedL2):
     mean over rows and action dims of w_i (eps - eps_theta(a_t, t, s))^2,
-    t ~ U{0..T-1}, eps ~ N(0, I) unless given. weights [N] or None (all ones)."""
+    t ~ U{0..T-1}, eps ~ N(0, I) unless given. weights [N] or None (all ones).
+    factored: a NoisePredictor runs through forward_factored (equal within rounding, faster);
+    with factored=False, or any other callable, eps_theta is model(a_t, t, s)."""
     N = actions.shape[0]
     if t is None:
         t = torch.randint(0, schedule.T, (N,), device=actions.device, generator=generator)
     if eps is None:
         eps = torch.randn(actions.shape, device=actions.device, generator=generator)
-    sq = (eps - model(q_sample(schedule, actions, t, eps), t, states)) ** 2
+    a_t = q_sample(schedule, actions, t, eps)
+    if factored and isinstance(model, NoisePredictor):
+        predicted = model.forward_factored(a_t, t, states, T=schedule.T)
+    else:
+        predicted = model(a_t, t, states)
+    sq = (eps - predicted) ** 2
     if weights is not None:
         sq = sq * weights.reshape(N, 1)
     return sq.mean()
+
+
+# --------------------------------------------------------------------------- candidate scoring
+
+
+def mish_mlp_linears(net: nn.Sequential) -> list[nn.Linear]:
+    """The Linear layers of a Sequential (Linear, Mish, ..., Linear), or a TypeError for any other layout."""
+    layers = list(net)
+    linears, activations = layers[0::2], layers[1::2]
+    if not (len(layers) % 2 == 1 and all(isinstance(m, nn.Linear) for m in linears)
+            and all(isinstance(m, nn.Mish) for m in activations)):
+        raise TypeError(f"expected a Sequential of Linear layers with Mish between them, got {net}")
+    return linears
+
+
+@torch.no_grad()
+def twin_min_q(critic: TwinQ, states: torch.Tensor, candidates: torch.Tensor,
+               chunk_rows: int | None = None) -> torch.Tensor:
+    """min(Q1, Q2)(s_b, a_bk) of candidates [B, K, A] at states [B, S]: scores [B, K].
+
+    Each Mish critic's first layer acts on concat[s, a], so it splits into (W_s s + b1), once per state, plus
+    W_a a per candidate; the rest runs through ChunkedMishMLP. Equal to critic.min_q on the B*K materialised
+    rows within float rounding (tested).
+    """
+    B, K, A = candidates.shape
+    S = states.shape[1]
+    x = candidates.transpose(0, 1).reshape(K * B, A)       # candidate-major rows
+
+    def q_values(q: nn.Sequential) -> torch.Tensor:
+        first, *rest = mish_mlp_linears(q)
+        base = torch.addmm(first.bias, states, first.weight[:, :S].t())
+        return ChunkedMishMLP(first.weight[:, S:], rest, B, K, chunk_rows)(x, base)[:, 0]
+
+    return torch.minimum(q_values(critic.q1), q_values(critic.q2)).view(K, B).t().contiguous()

@@ -16,14 +16,16 @@ Acting: the behaviour policy is the best of Kb candidates; evaluation the best o
 from __future__ import annotations
 
 import copy
+import sys
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 
 from qvpo.agent import OffPolicyAgent
-from qvpo.diffusion import DiffusionSchedule, NoisePredictor, ddpm_sample, weighted_eps_loss
+from qvpo.diffusion import (DiffusionSchedule, NoisePredictor, chunk_network, ddpm_sample, twin_min_q,
+                            weighted_eps_loss)
 from qvpo.errors import UserError
 from qvpo.nets import TwinQ, init_authors_normal, soft_update, twin_q_step
 from qvpo.settings import OffPolicySettings
@@ -78,6 +80,9 @@ class QVPOSettings(OffPolicySettings):
     """True initialises with the truncated normal the authors meant; False is what their code does."""
     sample_dtype: Literal["float32", "bfloat16"] = "float32"
     """Dtype of the noise net while sampling candidates; bfloat16 trades precision for speed (ours)."""
+    compile: bool = False
+    """Run the sampler's network through torch.compile (ours): on CUDA in reduce-overhead mode (CUDA graphs;
+    untested here), on the CPU in the default mode. Same arithmetic within float rounding."""
 
     def __post_init__(self):
         self.critic_hidden = list(self.critic_hidden)
@@ -120,19 +125,54 @@ def td_target(reward: torch.Tensor, done: torch.Tensor, gamma: float, next_score
     return reward + gamma * (1 - done) * next_scores.max(dim=1, keepdim=True).values
 
 
-def best_candidate(critic: TwinQ, states: torch.Tensor, candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The candidate [B, A] with the largest min(Q1, Q2), and all scores [B, K], from candidates [B, K, A]."""
+def best_candidate(critic: TwinQ, states: torch.Tensor, candidates: torch.Tensor,
+                   factored: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The candidate [B, A] with the largest min(Q1, Q2), and all scores [B, K], from candidates [B, K, A].
+    A TwinQ is scored factored (twin_min_q); factored=False, or any other critic, scores the B*K materialised
+    rows with critic.min_q (the authors' order)."""
     B, K, A = candidates.shape
-    s = states.unsqueeze(1).expand(B, K, states.shape[1]).reshape(B * K, -1)
-    scores = critic.min_q(s, candidates.reshape(B * K, A)).view(B, K)
+    if factored and isinstance(critic, TwinQ):
+        scores = twin_min_q(critic, states, candidates)
+    else:
+        s = states.unsqueeze(1).expand(B, K, states.shape[1]).reshape(B * K, -1)
+        scores = critic.min_q(s, candidates.reshape(B * K, A)).view(B, K)
     best = scores.argmax(dim=1)
     return candidates[torch.arange(B, device=states.device), best], scores
+
+
+class CompiledChunkNetwork:
+    """torch.compile of the sampler's per-chunk network (CUDA: reduce-overhead mode; CPU: default mode).
+    Where torch.compile cannot run (inductor needs a C++ compiler on the CPU, triton on CUDA), it says so once
+    on stderr and the chunks run eagerly (the same function uncompiled), so a run goes on at eager speed."""
+
+    def __init__(self, device: torch.device):
+        self.compiled = torch.compile(chunk_network, mode="reduce-overhead" if device.type == "cuda" else None)
+        self.network = self.compiled
+
+    @property
+    def active(self) -> bool:
+        """False once torch.compile failed here and the chunks run eagerly."""
+        return self.network is self.compiled
+
+    def __call__(self, *args):
+        try:
+            return self.network(*args)
+        except Exception as e:  # noqa: BLE001 - any compiler failure; a real error fails again eagerly
+            if not self.active:
+                raise
+            reason = (str(e).strip().splitlines() or [""])[0]
+            print(f"qvpo: warning: compile=true but torch.compile failed here ({type(e).__name__}: {reason}); "
+                  "sampling without it", file=sys.stderr)
+            self.network = chunk_network
+            return chunk_network(*args)
 
 
 class QVPO(OffPolicyAgent):
     Settings = QVPOSettings
     metrics = ("q_loss", "actor_loss", "w_eq", "omega_ent", "q_mean")
     extra_eval_modes = ("single",)
+    factored: ClassVar[bool] = True
+    """Evaluate the networks factored and chunked (ours); False: in the authors' order (the benchmark's reference)."""
 
     def __init__(self, obs_dim, act_dim, settings: QVPOSettings, device, total_steps, seed):
         super().__init__(obs_dim, act_dim, settings, device, total_steps, seed)
@@ -146,16 +186,18 @@ class QVPO(OffPolicyAgent):
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=c.actor_lr, eps=c.adam_eps)
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=c.critic_lr, eps=c.adam_eps)
         self.sample_dtype = getattr(torch, c.sample_dtype)
+        self.sample_network = CompiledChunkNetwork(device) if c.compile else None
 
     def sample(self, actor: NoisePredictor, states: torch.Tensor, k: int) -> torch.Tensor:
-        return ddpm_sample(actor, self.schedule, states, k, dtype=self.sample_dtype)
+        return ddpm_sample(actor, self.schedule, states, k, dtype=self.sample_dtype, factored=self.factored,
+                           network=self.sample_network)
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, mode: str) -> torch.Tensor:
         if mode in ("single", "policy") or (mode == "explore" and self.cfg.kb == 1):
             return self.sample(self.actor, obs, 1)[:, 0]
         k = self.cfg.kb if mode == "explore" else self.cfg.eval_candidates
-        action, _ = best_candidate(self.critic, obs, self.sample(self.actor, obs, k))
+        action, _ = best_candidate(self.critic, obs, self.sample(self.actor, obs, k), self.factored)
         return action
 
     def train_step(self, b: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -167,7 +209,7 @@ class QVPO(OffPolicyAgent):
         # 1. critic: TD target from the best of Kt target-actor candidates
         with torch.no_grad():
             candidates = self.sample(self.actor_target, b["next_obs"], c.kt)
-            _, next_scores = best_candidate(self.critic_target, b["next_obs"], candidates)
+            _, next_scores = best_candidate(self.critic_target, b["next_obs"], candidates, self.factored)
             y = td_target(b["reward"], done, c.gamma, next_scores)
         q_loss = twin_q_step(self.critic, self.critic_optimizer, b["obs"], b["action"], y, c.grad_clip)
 
@@ -176,7 +218,7 @@ class QVPO(OffPolicyAgent):
         B = states.shape[0]
         with torch.no_grad():
             candidates = self.sample(self.actor, states, c.nd)
-            _, scores = best_candidate(self.critic, states, candidates)
+            _, scores = best_candidate(self.critic, states, candidates, self.factored)
             weights, w_eq = q_weights(scores, c.q_transform, c.qcut_cut)
         if c.q_transform == "qcut_paper":  # every candidate of positive weight is a row
             keep = weights > 0
@@ -193,7 +235,8 @@ class QVPO(OffPolicyAgent):
 
         # 4. one step on the weighted diffusion loss over all rows
         actor_loss = weighted_eps_loss(self.actor, self.schedule, torch.cat([act_rows, uniform]),
-                                       torch.cat([s_rows, s_uniform]), torch.cat([w_rows, w_uniform]))
+                                       torch.cat([s_rows, s_uniform]), torch.cat([w_rows, w_uniform]),
+                                       factored=self.factored)
         self.actor_optimizer.zero_grad()
         actor_loss.backward()
         if c.grad_clip > 0:

@@ -91,11 +91,11 @@ class SAC(OffPolicyAgent):
         self.actor = TanhGaussianActor(obs_dim, act_dim, c.hidden, c.log_std_min, c.log_std_max).to(device)
         self.critic = TwinQ(obs_dim, act_dim, c.hidden).to(device)
         self.critic_target = copy.deepcopy(self.critic)
-        self.q_optimizer = torch.optim.Adam(self.critic.parameters(), lr=c.q_lr)
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=c.policy_lr)
+        self.q_optimizer = torch.optim.Adam(self.critic.parameters(), lr=c.q_lr, fused=True)
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=c.policy_lr, fused=True)
         self.target_entropy = -float(act_dim)
         self.log_alpha = torch.zeros(1, device=device, requires_grad=True)
-        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=c.q_lr)
+        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=c.q_lr, fused=True)
 
     def alpha(self) -> torch.Tensor:
         return self.log_alpha.detach().exp() if self.cfg.autotune else torch.tensor(self.cfg.alpha)
@@ -117,9 +117,11 @@ class SAC(OffPolicyAgent):
         if self.n_updates % c.policy_frequency == 0:
             for _ in range(c.policy_frequency):  # compensate for the delay (CleanRL)
                 pi, log_pi, _ = self.actor.sample(b["obs"])
+                self.critic.requires_grad_(False)  # its gradients here would be zeroed unused: not computed
                 actor_loss = (alpha * log_pi - self.critic.min_q(b["obs"], pi)).mean()
                 self.actor_optimizer.zero_grad()
                 actor_loss.backward()
+                self.critic.requires_grad_(True)
                 self.actor_optimizer.step()
                 metrics["actor_loss"] = actor_loss.detach()
                 if c.autotune:

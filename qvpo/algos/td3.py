@@ -57,8 +57,8 @@ class TD3(OffPolicyAgent):
         self.actor_target = copy.deepcopy(self.actor)
         self.critic = TwinQ(obs_dim, act_dim, c.hidden).to(device)
         self.critic_target = copy.deepcopy(self.critic)
-        self.q_optimizer = torch.optim.Adam(self.critic.parameters(), lr=c.learning_rate)
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=c.learning_rate)
+        self.q_optimizer = torch.optim.Adam(self.critic.parameters(), lr=c.learning_rate, fused=True)
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=c.learning_rate, fused=True)
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, mode: str) -> torch.Tensor:
@@ -76,9 +76,11 @@ class TD3(OffPolicyAgent):
         metrics = {"q_loss": twin_q_step(self.critic, self.q_optimizer, b["obs"], b["action"], y)}
 
         if self.n_updates % c.policy_frequency == 0:  # delayed policy and target updates
+            self.critic.requires_grad_(False)  # its gradients here would be zeroed unused: not computed
             actor_loss = -self.critic.q1(torch.cat([b["obs"], self.actor(b["obs"])], -1)).mean()
             self.actor_optimizer.zero_grad()
             actor_loss.backward()
+            self.critic.requires_grad_(True)
             self.actor_optimizer.step()
             soft_update(self.actor_target, self.actor, c.tau)
             soft_update(self.critic_target, self.critic, c.tau)

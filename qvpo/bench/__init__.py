@@ -1,0 +1,84 @@
+"""`qvpo bench`: how fast QVPO's update and the training loops run here, written to results/bench/.
+
+One command, one process (plus the two-job measurement's child processes), one run:
+1. QVPO's full update at the paper's settings and Hopper-v5 shapes: ms, effective rate (the
+   authors' FLOPs / time) over the same run's fp32 matmul rate, speed over the authors' order of
+   computation; also with bf16 sampling and with compile=True;
+2. steady-state steps per second of our SAC, TD3 and PPO loops against Stable-Baselines3's;
+3. two 1-thread SAC jobs at once against one.
+bench.json holds every figure, bench.md a readable table with the machine and the targets.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from qvpo.errors import UserError
+
+LOOP_ALGOS = ("sac", "td3", "ppo")
+
+
+def add_bench_command(sub) -> None:
+    """Register `qvpo bench` on the `qvpo` parser."""
+    b = sub.add_parser("bench", help="measure QVPO's update and the training loops' speed (bench.json, bench.md)")
+    b.add_argument("--out", type=Path, default=Path("results/bench"), help="directory of bench.json and bench.md")
+    b.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    b.add_argument("--quick", action="store_true", help="tiny sizes, no compile: checks the command in seconds")
+    b.set_defaults(handler=cmd_bench)
+
+
+def _say(text: str) -> None:
+    print(f"qvpo bench: {text}", file=sys.stderr, flush=True)
+
+
+def cmd_bench(args) -> int:
+    import torch
+
+    from qvpo.bench import loops, report, update
+    from qvpo.checkpoint import atomic_write_text
+    from qvpo.envs import EnvPool
+
+    if args.threads is not None:
+        if args.threads <= 0:
+            raise UserError(f"--threads must be positive, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    command = "qvpo bench" + (f" --threads {args.threads}" if args.threads else "") + (" --quick" if args.quick else "")
+    result = {"command": command, "quick": args.quick, "machine": report.machine(threads),
+              "sb3_version": loops.sb3_available()}
+    pool = EnvPool(loops.ENV_ID, 1, 0)
+    obs_dim, act_dim = pool.obs_dim, pool.act_dim
+    pool.close()
+
+    _say("timing QVPO's update (ours fp32, the authors' order, bf16 sampling"
+         + ("" if args.quick else ", compile") + ")")
+    result["update"] = update.bench_update(obs_dim, act_dim, args.quick, not args.quick, warmup=1 if args.quick else 2,
+                                           repeats=2 if args.quick else 5)
+    windows = loops.windows(args.quick)
+    result["loops"] = {}
+    for algo in LOOP_ALGOS:
+        w = windows[algo]
+        _say(f"timing our {algo.upper()} loop")
+        entry = {"window": asdict(w), "ours": loops.ours(algo, w, threads)}
+        if result["sb3_version"] is not None:
+            _say(f"timing Stable-Baselines3's {algo.upper()} loop")
+            entry["sb3"] = loops.sb3(algo, w, threads)
+            entry["ratio"] = entry["ours"]["steps_per_s"] / entry["sb3"]["steps_per_s"]
+        result["loops"][algo] = entry
+    _say("timing one, then two 1-thread SAC jobs")
+    result["cores"] = loops.two_jobs(windows["sac"], args.quick)
+    result["load_average_end"] = list(os.getloadavg())
+    result["targets"] = report.targets(result)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out / "bench.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_text(args.out / "bench.md", report.markdown(result))
+    _say(f"wrote {args.out / 'bench.json'} and bench.md")
+    for t in result["targets"]:
+        met = "not judged" if t["met"] is None else ("met" if t["met"] else "NOT met")
+        value = "n/a" if t["value"] is None else f"{t['value']:.2f}"
+        _say(f"{t['what']}: {value} (target {t['at_least']:.2f}) {met}")
+    return 0

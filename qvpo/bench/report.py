@@ -1,0 +1,144 @@
+"""bench.json and bench.md: the machine, every figure, and the issue's targets met or not."""
+from __future__ import annotations
+
+import os
+import platform
+from datetime import datetime, timezone
+
+import torch
+
+from qvpo import runlog
+from qvpo.bench.loops import DIFFERENCES
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(threads: int) -> dict:
+    return {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "platform": platform.platform(),
+            "torch_threads": threads, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "versions": runlog.versions(), "git_commit": runlog.git_commit(),
+            "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
+            "load_average_start": list(os.getloadavg())}
+
+
+TARGETS = [  # (what, key path into the results, at least)
+    ("QVPO fp32 update: effective rate / fp32 matmul rate", ("update", "variants", "ours fp32", "fraction_of_matmul"),
+     0.90),
+    ("QVPO fp32 update: speed over the authors' order", ("update", "variants", "ours fp32",
+                                                         "speedup_over_authors_order"), 1.6),
+    ("QVPO bf16-sampling update: effective rate / fp32 matmul rate (aim)",
+     ("update", "variants", "ours bf16 sampling", "fraction_of_matmul"), 1.20),
+    ("SAC loop: steps/s ours / SB3", ("loops", "sac", "ratio"), 1.5),
+    ("TD3 loop: steps/s ours / SB3", ("loops", "td3", "ratio"), 1.5),
+    ("PPO loop: steps/s ours / SB3", ("loops", "ppo", "ratio"), 1.0),
+    ("two 1-thread SAC jobs / one job", ("cores", "ratio"), 1.7),
+]
+
+
+def targets(result: dict) -> list[dict]:
+    """Each target with this run's value and whether it is met (None: no value, or --quick's tiny sizes)."""
+    rows = []
+    for what, path, at_least in TARGETS:
+        value = result
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        rows.append({"what": what, "at_least": at_least, "value": value,
+                     "met": None if value is None or result["quick"] else value >= at_least})
+    return rows
+
+
+def busy_note(load: float, cpus: int, threads: int) -> list[str]:
+    """A warning when other work already ran on the machine as the benchmark started (load above 1)."""
+    if load <= 1.0:
+        return []
+    return ["", f"**Other work was running**: load average {load:.2f} on {cpus} logical CPUs at the start. Every "
+            "figure is depressed and noisy" + (f", above all with {threads} threads: each parallel op waits at its "
+                                              "barrier for whichever thread the OS has descheduled" if threads > 1
+                                              else "") + ". Rerun on a quiet machine for the real figures."]
+
+
+def _fmt(x: float | None, digits: int = 2) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def markdown(result: dict) -> str:
+    m, u = result["machine"], result["update"]
+    lines = [
+        "# qvpo bench", "",
+        f"Command: `{result['command']}`" + (" (quick: tiny sizes, not the real figures)" if result["quick"] else ""),
+        "",
+        f"- machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, {m['platform']}, torch capability "
+        f"{m['cpu_capability']}",
+        f"- torch {m['versions']['torch']}, {m['torch_threads']} torch threads; python {m['versions']['python']}, "
+        f"gymnasium {m['versions']['gymnasium']}, mujoco {m['versions'].get('mujoco', 'n/a')}, "
+        f"stable-baselines3 {result['sb3_version'] or 'not installed'}",
+        f"- date (UTC): {m['date_utc']}; git commit {m['git_commit']}",
+        f"- load average (1, 5, 15 min) at start: {', '.join(f'{x:.2f}' for x in m['load_average_start'])}; "
+        f"at end: {', '.join(f'{x:.2f}' for x in result['load_average_end'])}",
+        "",
+        "Timings are wall-clock. The machine is shared: the figures that matter are the ratios, each measured "
+        "within this one run.",
+        *busy_note(m["load_average_start"][0], m["logical_cpus"], m["torch_threads"]),
+        "",
+        "## Targets (issue 6)", "",
+        "| what | at least | this run | met |", "| --- | --- | --- | --- |",
+    ]
+    for t in result["targets"]:
+        met = "n/a" if t["met"] is None else ("yes" if t["met"] else "no")
+        lines.append(f"| {t['what']} | {t['at_least']:.2f} | {_fmt(t['value'])} | {met} |")
+    flops = u["flops_by_part"]
+    lines += [
+        "", f"## QVPO update (Hopper-v5 shapes: obs {u['obs_dim']}, act {u['act_dim']})", "",
+        f"Median of {u['timed_updates']} updates after {u['warmup_updates']} warm-up updates, the variants "
+        "interleaved. FLOPs counted as the authors' network computes them (qvpo/bench/flops.py): "
+        f"{sum(flops.values()) / 1e9:.2f} GFLOP per update.", "",
+        "| part | GFLOP |", "| --- | --- |",
+        *[f"| {part} | {n / 1e9:.3f} |" for part, n in flops.items()],
+        "", "fp32 matmul rate of this run (median over the rounds; each round repeats the product for about "
+        "1 s, 0.1 s with --quick):", "",
+        *[f"- {label}: {rate:.1f} GFLOP/s" for label, rate in u["matmul_gflops"].items()],
+        f"- reference (the better one): {u['matmul_reference_gflops']:.1f} GFLOP/s", "",
+        "| variant | median ms | effective GFLOP/s | / matmul rate | speed over authors' order | first update ms |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, v in u["variants"].items():
+        lines.append(f"| {name} | {v['median_ms']:.0f} | {v['effective_gflops']:.1f} | "
+                     f"{v['fraction_of_matmul']:.2f} | {v['speedup_over_authors_order']:.2f} | {v['first_ms']:.0f} |")
+    for name, v in u["variants"].items():
+        if "compile_s" in v:
+            state = "compiled" if v["compiled"] else "torch.compile FAILED here, so it ran eagerly"
+            lines.append(f"\n{name}: {state}; compile time ~{v['compile_s']:.1f} s (first update minus median).")
+    lines += ["", "## Training loops on Hopper-v5: steady-state steps per second", ""]
+    if result["sb3_version"] is None:
+        lines.append("stable-baselines3 is not installed (`pip install -e .[bench]`): ours only.\n")
+    lines += ["| algorithm | window (steps) | ours steps/s | SB3 steps/s | ours / SB3 |",
+              "| --- | --- | --- | --- | --- |"]
+    for algo, r in result["loops"].items():
+        sb3 = r.get("sb3")
+        lines.append(f"| {algo.upper()} | ({r['window']['start']}, {r['window']['start'] + r['window']['steps']}] | "
+                     f"{r['ours']['steps_per_s']:.1f} | {_fmt(sb3 and sb3['steps_per_s'], 1)} | "
+                     f"{_fmt(r.get('ratio'))} |")
+    lines += ["", "The window starts after the warm-up (off-policy: uniform-random steps, no updates) and a "
+              "settling stretch; in it every step acts, stores and updates once (PPO: whole rollouts and their "
+              "learning phases). Both sides: seed 0, CPU, the same torch threads, the same warm-up and network "
+              "sizes. What differs from SB3:", ""]
+    for key, notes in DIFFERENCES.items():
+        lines += [f"- {key.upper() if key != 'all' else 'all'}: {note}" for note in notes]
+    c = result["cores"]
+    lines += [
+        "", "## Use of cores: SAC on Hopper-v5, 1 torch thread per job", "",
+        f"- one job alone: {c['one_job_steps_per_s']:.1f} steps/s",
+        f"- two jobs at once: {' + '.join(f'{x:.1f}' for x in c['two_jobs_steps_per_s'])} = "
+        f"{c['two_jobs_total_steps_per_s']:.1f} steps/s (their windows overlapped {100 * c['windows_overlap']:.0f}%)",
+        f"- ratio: {c['ratio']:.2f}", "",
+    ]
+    return "\n".join(lines)

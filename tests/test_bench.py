@@ -1,0 +1,148 @@
+"""The speed work computes what the plain form computes, the FLOP count is the hand count, and
+`qvpo bench --quick` runs end to end. (The factored first layer against the plain one is in
+test_diffusion.py.) Tolerances: float32 evaluations in another order agree within 1e-5 absolute
+on these sizes; Mish's rewrite within 2e-6 in value and 1e-5 in gradient."""
+import json
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from qvpo.algos.qvpo import QVPO, CompiledChunkNetwork, QVPOSettings
+from qvpo.bench.flops import noise_net_flops, qvpo_update_flops, twin_critic_flops
+from qvpo.bench.update import AuthorsOrderQVPO, random_batch
+from qvpo.cli import main
+from qvpo.diffusion import DiffusionSchedule, NoisePredictor, ddpm_sample, mish, twin_min_q, weighted_eps_loss
+from qvpo.nets import TwinQ, init_authors_normal
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_flops_tiny_configuration_by_hand():
+    # obs 2, act 1, hidden 4, t_dim 4, critics [4]:
+    # noise net row: time MLP 2(4*4 + 4*4) = 64; layers (1+4+2=7) -> 4 -> 4 -> 4 -> 1: 2(28 + 16 + 16 + 4) = 128
+    # twin critics row: 2 * 2(3*4 + 4*1) = 64
+    assert noise_net_flops(2, 1, 4, 4) == 192
+    assert twin_critic_flops(2, 1, [4]) == 64
+    c = QVPOSettings(batch_size=2, nd=3, kt=2, ne=1, diffusion_steps=2, hidden=4, t_dim=4, critic_hidden=[4])
+    assert qvpo_update_flops(2, 1, c) == {
+        "policy sampling": 2 * 3 * 2 * 192,      # B Nd T eps = 2304
+        "policy scoring": 2 * 3 * 64,            # B Nd Q = 384
+        "TD-target sampling": 2 * 2 * 2 * 192,   # B Kt T eps = 1536
+        "TD-target scoring": 2 * 2 * 64,         # B Kt Q = 256
+        "critic step": 3 * 2 * 64,               # 3 B Q = 384
+        "diffusion loss step": 3 * 2 * 2 * 192,  # 3 B (1 + Ne) eps = 2304
+    }
+
+
+def test_flops_at_the_papers_settings_match_algorithms_md():
+    # Hopper (11, 3): 2(32*256 + 256*32) + 2(46*256 + 2*256*256 + 256*3) = 32768 + 287232 = 320000;
+    # critics 2 * 2(14*256 + 2*256*256 + 256) = 539648. ALGORITHMS.md: ~105 + 9 + 7 + 3 = ~124 GFLOP.
+    assert noise_net_flops(11, 3, 256, 32) == 320_000
+    assert twin_critic_flops(11, 3, [256, 256, 256]) == 539_648
+    parts = qvpo_update_flops(11, 3, QVPOSettings())
+    assert parts["policy sampling"] == 256 * 64 * 20 * 320_000
+    assert sum(parts.values()) == 123_923_202_048
+
+
+def test_fast_mish_value_and_gradient_match_torch():
+    x = torch.cat([torch.linspace(-30, 30, 6001), torch.tensor([-100.0, -50.0, 50.0, 100.0])]).requires_grad_()
+    g = torch.randn(x.shape, generator=gen(0))
+    ours = mish(x)
+    (grad,) = torch.autograd.grad(ours, x, g)
+    ref = F.mish(x)
+    (ref_grad,) = torch.autograd.grad(ref, x, g)
+    torch.testing.assert_close(ours, ref, atol=2e-6, rtol=1e-6)
+    torch.testing.assert_close(grad, ref_grad, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("B,K,chunk", [(16, 8, None), (16, 8, 5), (3, 7, 8), (1, 4, 2)])
+def test_factored_critic_scoring_equals_plain(B, K, chunk):
+    torch.manual_seed(1)
+    critic = TwinQ(11, 3, [32, 32, 32], activation="mish")
+    init_authors_normal(critic)
+    s = torch.randn(B, 11)
+    candidates = torch.rand(B, K, 3) * 2 - 1
+    plain = critic.min_q(s.repeat_interleave(K, 0), candidates.reshape(B * K, 3)).view(B, K)
+    torch.testing.assert_close(twin_min_q(critic, s, candidates, chunk_rows=chunk), plain, atol=1e-5, rtol=0)
+
+
+def test_factored_loss_and_gradients_equal_plain():
+    torch.manual_seed(2)
+    model = NoisePredictor(11, 3, hidden=32, t_dim=8)
+    sch = DiffusionSchedule.cosine(20)
+    a, s, w = torch.rand(40, 3) * 2 - 1, torch.randn(40, 11), torch.rand(40)
+    losses, grads = [], []
+    for factored in (True, False):
+        model.zero_grad()
+        loss = weighted_eps_loss(model, sch, a, s, w, generator=gen(3), factored=factored)
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append([p.grad.clone() for p in model.parameters()])
+    torch.testing.assert_close(losses[0], losses[1], atol=1e-6, rtol=1e-5)
+    for fast, plain in zip(*grads):
+        torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-4)
+
+
+def test_chunks_on_worker_threads_give_the_same_samples_and_scores():
+    # with 2 torch threads, 2 worker threads each run every 2nd chunk on one core: the same arithmetic per chunk
+    torch.manual_seed(8)
+    model = NoisePredictor(11, 3, hidden=32, t_dim=8)
+    critic = TwinQ(11, 3, [32, 32], activation="mish")
+    sch = DiffusionSchedule.cosine(5)
+    s = torch.randn(6, 11)
+    results = []
+    threads = torch.get_num_threads()
+    for n in (1, 2):
+        torch.set_num_threads(n)
+        try:
+            samples = ddpm_sample(model, sch, s, 7, generator=gen(9), chunk_rows=8)
+            results.append((samples, twin_min_q(critic, s, samples, chunk_rows=8)))
+        finally:
+            torch.set_num_threads(threads)
+    for one, two in zip(*results):
+        torch.testing.assert_close(two, one, atol=1e-6, rtol=0)
+
+
+def test_whole_update_equals_the_authors_order():
+    # the same seed, batch and settings: ours and the authors' order draw the same noise in the same order,
+    # so after one update every parameter agrees within float32 rounding
+    c = QVPOSettings(batch_size=8, nd=5, kt=3, ne=2, diffusion_steps=4, hidden=32, t_dim=8, critic_hidden=[32, 32])
+    agents = []
+    for cls in (QVPO, AuthorsOrderQVPO):
+        torch.manual_seed(4)
+        agent = cls(11, 3, c, torch.device("cpu"), 1000, 0)
+        agent.current_step = c.warmup_steps
+        agent.train_step(random_batch(11, 3, c.batch_size, gen(5)))
+        agents.append(agent)
+    for (name, fast), (_, plain) in zip(agents[0].actor.named_parameters(), agents[1].actor.named_parameters()):
+        torch.testing.assert_close(fast, plain, atol=1e-5, rtol=0, msg=name)
+    for fast, plain in zip(agents[0].critic.parameters(), agents[1].critic.parameters()):
+        torch.testing.assert_close(fast, plain, atol=1e-5, rtol=0)
+
+
+def test_compiled_sampler_equals_eager_plain():
+    network = CompiledChunkNetwork(torch.device("cpu"))
+    torch.manual_seed(6)
+    model = NoisePredictor(5, 2, hidden=16, t_dim=4)
+    sch = DiffusionSchedule.cosine(3)
+    s = torch.randn(4, 5)
+    compiled = ddpm_sample(model, sch, s, 3, generator=gen(7), network=network)
+    if not network.active:
+        pytest.skip("torch.compile cannot run here (qvpo warned on stderr and sampled eagerly)")
+    plain = ddpm_sample(model, sch, s, 3, generator=gen(7), factored=False)
+    torch.testing.assert_close(compiled, plain, atol=1e-5, rtol=0)
+
+
+def test_bench_quick_writes_its_files(tmp_path):
+    assert main(["bench", "--quick", "--threads", "1", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "bench.json").read_text())
+    assert result["quick"] and result["machine"]["torch_threads"] == 1
+    assert set(result["update"]["variants"]) == {"ours fp32", "authors' order fp32", "ours bf16 sampling"}
+    assert all(v["median_ms"] > 0 for v in result["update"]["variants"].values())
+    assert set(result["loops"]) == {"sac", "td3", "ppo"}
+    assert all(r["ours"]["steps_per_s"] > 0 for r in result["loops"].values())
+    assert len(result["cores"]["two_jobs_steps_per_s"]) == 2
+    assert "## Targets (issue 6)" in (tmp_path / "bench.md").read_text()

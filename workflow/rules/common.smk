@@ -1,0 +1,225 @@
+"""Grids, variants and per-run requests from the config; the content hashes that decide reruns.
+
+Reruns are decided by file names, never by modification times or .snakemake metadata
+(a fresh clone has neither): every input is ancient(), what a file was made from is a
+hash in its path, and the target rules (all, table, figures) ask for those hash-named
+files, so a changed hash means a missing file and the jobs that make it and follow it.
+- A run's marker done-<key>.json: key = hash of what `qvpo train` is asked for (algorithm,
+  env, seed, steps, settings) and the code hash of that algorithm (qvpo.runlog.code_hash:
+  its module and the shared ones). Edit sac.py and only sac runs get new keys.
+- Its final evaluation final-<key>.json: key = hash of the marker's key and the episodes.
+- The table and each figure depend on provenance/<product>-<hash>.json: hash of the
+  qvpo.report code the command runs and its arguments. Edit plots.py and only figures rerun.
+"""
+import hashlib
+import json
+import shlex
+import sys
+from functools import cache
+from pathlib import Path
+
+import yaml
+from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
+
+import qvpo
+from qvpo import algos as registry
+from qvpo import runlog
+from qvpo.errors import UserError
+from qvpo.report import code_hash as report_code_hash
+from qvpo.settings import as_dict, resolve
+
+# The hashes must be of the code this checkout runs, not of another installed copy.
+if Path(qvpo.__file__).resolve().parents[1] != Path(workflow.basedir).resolve():
+    raise WorkflowError(f"qvpo is imported from {Path(qvpo.__file__).parent}, not from this checkout "
+                        f"{workflow.basedir}: run `pip install -e .` here (or set PYTHONPATH to it)")
+
+ROOT = config["results"]
+RUNS = f"{ROOT}/runs"
+VARIANTS = config["variants"]
+GRIDS = config["grids"]
+FIGURES = {f["name"]: f for f in config["figures"]}
+
+wildcard_constraints:
+    env=r"[A-Za-z][A-Za-z0-9_]*-v\d+",
+    algo=r"[a-z][a-z0-9_]*",
+    seed=r"\d+",
+    key=r"[0-9a-f]{16}",
+    product=r"[A-Za-z0-9_]+",
+
+
+def short_hash(data) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def base_algo(algo: str) -> str:
+    return VARIANTS[algo]["algo"] if algo in VARIANTS else algo
+
+
+def check_config() -> None:
+    """What the schema cannot say: names that refer to other parts of the config."""
+    for name, variant in VARIANTS.items():
+        if variant["algo"] in VARIANTS:
+            raise WorkflowError(f"config: variant {name!r} is based on variant {variant['algo']!r}, "
+                                "not on an algorithm")
+    for figure in FIGURES.values():
+        if figure["grid"] not in GRIDS:
+            raise WorkflowError(f"config: figure {figure['name']!r} names grid {figure['grid']!r}, "
+                                f"not one of {', '.join(GRIDS)}")
+    unknown = sorted({base_algo(a) for g in GRIDS.values() for b in g for a in b["algos"]} - set(registry.ALGORITHMS))
+    if unknown:
+        logger.warning(f"config names algorithms this checkout does not register: {', '.join(unknown)}; "
+                       "their training jobs will fail")
+
+
+check_config()
+
+
+@cache
+def algo_code_hash(algo: str) -> str:
+    return runlog.code_hash(algo)
+
+
+def authors_env_settings(algo: str, env: str) -> dict:
+    """An algorithm module's own per-env settings table (`env_settings(env_id)`), if it has one."""
+    if algo not in registry.ALGORITHMS:
+        return {}
+    table = getattr(sys.modules[registry.get(algo).__module__], "env_settings", None)
+    return table(env) if table is not None else {}
+
+
+@cache
+def run_request(env: str, algo: str) -> dict:
+    """What `qvpo train` is asked for: defaults, the algorithm's per-env table, matching overrides, the variant."""
+    base = base_algo(algo)
+    defaults = config["defaults"]
+    steps, sets, resources = defaults["steps"], dict(defaults["set"]), dict(defaults["resources"])
+    sets.update(authors_env_settings(base, env))
+    for entry in config["overrides"]:
+        if {algo, base} & set(entry.get("algos", [algo])) and env in entry.get("envs", [env]):
+            steps = entry.get("steps", steps)
+            sets.update(entry.get("set", {}))
+            resources.update(entry.get("resources", {}))
+    sets.update(VARIANTS.get(algo, {}).get("set", {}))
+    settings = None
+    if base in registry.ALGORITHMS:  # check every setting now, with qvpo train's own message
+        try:
+            settings = as_dict(resolve(registry.get(base).Settings, sets))
+        except UserError as e:
+            raise WorkflowError(f"config: {algo} on {env}: {e}") from None
+    return {"algo": base, "steps": steps, "set": sets, "resources": resources, "settings": settings}
+
+
+def train_key(env: str, algo: str, seed) -> str:
+    r = run_request(env, algo)
+    return short_hash({"env": env, "algo": algo, "seed": int(seed), "base": r["algo"], "steps": r["steps"],
+                       "set": r["set"], "code": algo_code_hash(r["algo"])})
+
+
+def eval_key(env: str, algo: str, seed) -> str:
+    return short_hash({"train": train_key(env, algo, seed), "episodes": config["final_eval_episodes"]})
+
+
+def run_dir(env: str, algo: str, seed) -> str:
+    return f"{RUNS}/{env}/{algo}/seed{seed}"
+
+
+def done_file(env: str, algo: str, seed) -> str:
+    return f"{run_dir(env, algo, seed)}/done-{train_key(env, algo, seed)}.json"
+
+
+def final_file(env: str, algo: str, seed) -> str:
+    return f"{run_dir(env, algo, seed)}/final-{eval_key(env, algo, seed)}.json"
+
+
+def grid_runs(grid: str) -> list[tuple[str, str, int]]:
+    """The union of the grid's blocks (envs x algos x seeds), each run once."""
+    return list(dict.fromkeys((env, algo, seed) for block in GRIDS[grid]
+                              for env in block["envs"] for algo in block["algos"] for seed in block["seeds"]))
+
+
+# ---------------------------------------------------------------- rule parameters
+def train_request(wildcards) -> dict:
+    """The run's request; a marker of another key (an old target) would lie about what trained."""
+    expected = train_key(wildcards.env, wildcards.algo, wildcards.seed)
+    if wildcards.key != expected:
+        raise WorkflowError(f"done-{wildcards.key}.json is not the current marker of {wildcards.env} "
+                            f"{wildcards.algo} seed {wildcards.seed} (that is done-{expected}.json)")
+    return run_request(wildcards.env, wildcards.algo)
+
+
+def set_flags(wildcards) -> str:
+    """--set KEY=VALUE for each setting, each value as YAML that reads back as the same value."""
+    flags = []
+    for key, value in sorted(train_request(wildcards)["set"].items()):
+        text = yaml.safe_dump(value, default_flow_style=True, width=10**9).removesuffix("...\n").strip()
+        flags.append(shlex.quote(f"{key}={text}"))
+    return " ".join(f"--set {flag}" for flag in flags)
+
+
+def expected_identity(wildcards) -> str:
+    """qvpo train's identity of this run: the run directory resumes only if its meta.json has it."""
+    r = train_request(wildcards)
+    if r["settings"] is None:  # an unregistered algorithm: qvpo train will say so
+        return "unknown"
+    return runlog.identity(r["algo"], wildcards.env, int(wildcards.seed), r["settings"], algo_code_hash(r["algo"]))
+
+
+def train_resource(name: str):
+    return lambda wildcards: train_request(wildcards)["resources"][name]
+
+
+def grid_arguments(grid: str) -> list[str]:
+    args = ["--runs", RUNS]
+    for block in GRIDS[grid]:
+        args += ["--block", ",".join(block["envs"]), ",".join(block["algos"]), ",".join(map(str, block["seeds"]))]
+    return args
+
+
+def report_command(product: str) -> list[str]:
+    """The `qvpo aggregate` (product "table") or `qvpo plot` command line that makes `product`."""
+    if product == "table":
+        return ["aggregate", *grid_arguments("table"), "--out-dir", ROOT,
+                "--title", f"Results of the {config['preset']} preset", "--note", config["description"]]
+    figure = FIGURES[product]
+    args = ["plot", figure["kind"], *grid_arguments(figure["grid"]), "--out", f"{ROOT}/figures/{product}",
+            "--title", figure["title"]]
+    for option in ("window", "snapshots"):
+        if option in figure:
+            args += [f"--{option}", str(figure[option])]
+    return args
+
+
+def provenance(product: str) -> dict:
+    command = report_command(product)
+    return {"product": product, "command": ["qvpo", *command], "code_hash": report_code_hash(command[0])}
+
+
+def provenance_file(product: str) -> str:
+    return f"{ROOT}/provenance/{product}-{short_hash(provenance(product))}.json"
+
+
+def table_inputs(wildcards) -> list:
+    return [ancient(final_file(*run)) for run in grid_runs("table")]
+
+
+def figure_inputs(wildcards) -> list:
+    return [ancient(done_file(*run)) for run in grid_runs(FIGURES[wildcards.product]["grid"])]
+
+
+# ---------------------------------------------------------------- what the target rules ask for
+# Snakemake reruns a job whose output exists only for a newer input (mtime) or changed metadata,
+# neither of which a fresh clone has; a missing input does not rerun its consumer. So the target
+# rules (all, table, figures) ask for the hash-named files themselves: when one is missing the
+# target needs it, its producer runs, and everything downstream of that producer runs after it.
+def table_targets() -> list[str]:
+    return [f"{ROOT}/table.csv", f"{ROOT}/table.md", provenance_file("table"),
+            *(final_file(*run) for run in grid_runs("table"))]
+
+
+def figure_targets() -> list[str]:
+    targets = []
+    for name, figure in FIGURES.items():
+        targets += [f"{ROOT}/figures/{name}.png", f"{ROOT}/figures/{name}.pdf", provenance_file(name)]
+        targets += [done_file(*run) for run in grid_runs(figure["grid"])]
+    return list(dict.fromkeys(targets))
