@@ -15,14 +15,19 @@ only evaluated in a different order (equal within float rounding, tested).
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
+from dataclasses import dataclass
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 from torch import nn
 
+from qvpo.agent import OffPolicyAgent
+from qvpo.errors import UserError
 from qvpo.nets import TwinQ, init_authors_normal
+from qvpo.settings import OffPolicySettings, require_positive
 
 
 # --------------------------------------------------------------------------- schedule
@@ -123,6 +128,46 @@ class SinusoidalPosEmb(nn.Module):
         return torch.cat([args.sin(), args.cos()], dim=-1)
 
 
+@dataclass
+class NoisePredictorSettings(OffPolicySettings):
+    """Settings QVPO and DIPO share: the same noise net and Mish critics (QVPO's authors' code is built on
+    DIPO's); each algorithm sets its own T and actor lr. Defaults: both authors' main.py and model.py."""
+
+    warmup_steps: int = 10000
+    """Uniform-random steps before learning (both authors' main.py start_steps)."""
+    diffusion_steps: int = 20
+    """T, denoising steps with the cosine schedule (authors' main.py n_timesteps; each algorithm sets its own)."""
+    hidden: int = 256
+    """Noise-net width (authors' model.py Model)."""
+    t_dim: int = 32
+    """Width of the sinusoidal time embedding (authors' model.py Model)."""
+    critic_hidden: list[int] = (256, 256, 256)
+    """Twin critics: 3 x (Linear, Mish) (authors' model.py Critic)."""
+    actor_lr: float = 3e-4
+    """Diffusion-policy learning rate (authors' main.py diffusion_lr; each algorithm sets its own)."""
+    critic_lr: float = 3e-4
+    """Critic learning rate (authors' main.py critic_lr)."""
+    adam_eps: float = 1e-5
+    """Adam epsilon of every optimiser (authors' agent code)."""
+    grad_clip: float = 2.0
+    """Gradient-norm clip of actor and critic, 0 for none (authors' main.py; DIPO: per env in its README;
+    a reading of QVPO's paper: none)."""
+    tau: float = 0.005
+    """Soft update of the target actor and critic (authors' main.py tau)."""
+    truncation_as_terminal: bool = False
+    """True reproduces the authors' code, which ends the return at time-limit truncation (a known bias)."""
+    truncated_init: bool = False
+    """True initialises with the truncated normal the authors meant; False is what their code does."""
+
+    def __post_init__(self):
+        self.critic_hidden = list(self.critic_hidden)
+
+    def validate(self) -> None:
+        require_positive(self, "diffusion_steps", "hidden")
+        if self.t_dim < 4 or self.t_dim % 2:
+            raise UserError(f"setting 't_dim' must be an even number >= 4, got {self.t_dim}")
+
+
 class NoisePredictor(nn.Module):
     """eps_theta(a_t, t, s) of the authors' agent/model.py `Model`.
 
@@ -181,6 +226,29 @@ class NoisePredictor(nn.Module):
         for lin in self.hidden_layers():
             h = lin(mish(h))
         return h
+
+
+class NoisePredictorAgent(OffPolicyAgent):
+    """The networks QVPO and DIPO share: a noise-predicting actor on the cosine schedule, twin Mish critics
+    (the authors' init), a target copy of each and their Adam optimisers (authors' agent code)."""
+
+    def __init__(self, obs_dim, act_dim, settings: NoisePredictorSettings, device, total_steps, seed):
+        super().__init__(obs_dim, act_dim, settings, device, total_steps, seed)
+        c = settings
+        self.actor = NoisePredictor(obs_dim, act_dim, c.hidden, c.t_dim, c.truncated_init).to(device)
+        self.actor_target = copy.deepcopy(self.actor)
+        self.schedule = DiffusionSchedule.cosine(c.diffusion_steps).to(device)
+        self.critic = TwinQ(obs_dim, act_dim, c.critic_hidden, activation="mish").to(device)
+        init_authors_normal(self.critic, truncated=c.truncated_init)
+        self.critic_target = copy.deepcopy(self.critic)
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=c.actor_lr, eps=c.adam_eps)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=c.critic_lr, eps=c.adam_eps)
+
+    def bootstrap_mask(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """1 where the TD target stops: termination, and truncation too with `truncation_as_terminal`."""
+        if self.cfg.truncation_as_terminal:
+            return torch.maximum(batch["terminated"], batch["truncated"])
+        return batch["terminated"]
 
 
 # --------------------------------------------------------------------------- sampler

@@ -46,7 +46,7 @@ from qvpo.agent import Agent
 from qvpo.envs import Transition
 from qvpo.errors import UserError
 from qvpo.nets import mlp
-from qvpo.settings import CommonSettings
+from qvpo.settings import CommonSettings, require_positive
 
 RMS_INITIAL_COUNT = 1e-4
 """The pseudo-count a running mean/std starts from (gymnasium RunningMeanStd epsilon)."""
@@ -114,10 +114,8 @@ class OnPolicySettings(CommonSettings):
         self.critic_hidden = list(self.critic_hidden)
 
     def validate(self) -> None:
-        for key in ("num_envs", "num_steps", "num_minibatches", "update_epochs", "learning_rate", "adam_eps",
-                    "clip_coef", "max_grad_norm", "obs_clip", "reward_clip"):
-            if not getattr(self, key) > 0:  # also refuses NaN
-                raise UserError(f"setting '{key}' must be positive, got {getattr(self, key)}")
+        require_positive(self, "num_envs", "num_steps", "num_minibatches", "update_epochs", "learning_rate",
+                         "adam_eps", "clip_coef", "max_grad_norm", "obs_clip", "reward_clip")
         for key in ("gamma", "gae_lambda"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise UserError(f"setting '{key}' must lie in [0, 1], got {getattr(self, key)}")

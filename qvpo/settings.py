@@ -123,10 +123,15 @@ def resolve(cls: type, overrides: dict[str, object]):
     validate = getattr(settings, "validate", None)
     if validate is not None:
         validate()
-    for key in ("eval_every", "eval_episodes", "checkpoint_every"):
-        if getattr(settings, key) <= 0:
-            raise UserError(f"setting '{key}' must be positive, got {getattr(settings, key)}")
+    require_positive(settings, "eval_every", "eval_episodes", "checkpoint_every")
     return settings
+
+
+def require_positive(settings, *keys: str) -> None:
+    """One clear error for the first of `keys` whose value is not > 0 (NaN included)."""
+    for key in keys:
+        if not getattr(settings, key) > 0:
+            raise UserError(f"setting '{key}' must be positive, got {getattr(settings, key)}")
 
 
 def as_dict(settings) -> dict:

@@ -14,27 +14,30 @@
 # runs its main.py defaults; the memory write-back stays off, as the authors' code behaves).
 # Resumable: rerunning skips complete runs and resumes interrupted ones (qvpo train does that); checkpoints
 # every 2,500 steps so that a run stopped on this shared machine loses little.
-# Usage: nohup bash scripts/learn_dipo_qsm.sh > /tmp/learn_dipo_qsm.log 2>&1 &
+# Usage: nohup bash scripts/learn_dipo_qsm.sh > /tmp/learn_dipo_qsm.log 2>&1 &   (JOBS=2 runs at a time; a log per run
+# beside the run directories)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=results/learning
 ENV=InvertedPendulum-v5
 THREADS=${THREADS:-1}
 
+JOBS=${JOBS:-2}
+
 train() {  # algo seed steps [--set ...]
   local algo=$1 seed=$2 steps=$3
   shift 3
   qvpo train --algo "$algo" --env "$ENV" --seed "$seed" --steps "$steps" --out "$ROOT/$ENV/$algo/seed$seed" \
     --set warmup_steps=2500 --set eval_every=2500 --set eval_episodes=10 --set checkpoint_every=2500 \
-    "$@" --threads "$THREADS" --progress log
+    "$@" --threads "$THREADS" --progress log > "$ROOT/$ENV/$algo-seed$seed.log" 2>&1
 }
+export -f train
+export ROOT ENV THREADS
+mkdir -p "$ROOT/$ENV"
 
-for seed in 0 1 2; do
-  train dipo "$seed" 20000 --set diffusion_steps=5 --set action_gradient_steps=5 &
-done
-wait
-for seed in 0 1 2; do
-  train qsm "$seed" 30000 &
-done
-wait
+# One queue, $JOBS runs at a time (2 cores: more would only slow each run down).
+{
+  for seed in 0 1 2; do echo "qsm $seed 30000"; done
+  for seed in 0 1 2; do echo "dipo $seed 20000 --set diffusion_steps=5 --set action_gradient_steps=5"; done
+} | xargs -P "$JOBS" -L 1 bash -c 'train "$@"' _
 python scripts/summarize_learning.py "$ROOT/$ENV/dipo" "$ROOT/$ENV/qsm" --out "$ROOT/dipo_qsm_summary.csv"

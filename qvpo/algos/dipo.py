@@ -25,16 +25,14 @@ ends the running training episode; updates start at step 10,000 inclusive.
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
 
-from qvpo.agent import OffPolicyAgent
-from qvpo.diffusion import DiffusionSchedule, NoisePredictor, ddpm_sample, weighted_eps_loss
+from qvpo.diffusion import NoisePredictor, NoisePredictorAgent, NoisePredictorSettings, ddpm_sample, weighted_eps_loss
 from qvpo.errors import UserError
-from qvpo.nets import TwinQ, gradient_step, init_authors_normal, soft_update, twin_q_step
-from qvpo.settings import OffPolicySettings
+from qvpo.nets import gradient_step, soft_update, twin_q_step
+from qvpo.settings import require_positive
 
 DIPO_ENV_SETTINGS: dict[str, dict[str, object]] = {
     "Hopper": {"grad_clip": 1.0, "action_grad_ratio": 0.3, "action_gradient_steps": 20, "actor_target_every": 1},
@@ -54,27 +52,13 @@ def env_settings(env_id: str) -> dict[str, object]:
 
 
 @dataclass
-class DIPOSettings(OffPolicySettings):
+class DIPOSettings(NoisePredictorSettings):
     """DIPO's settings; defaults are the authors' main.py defaults (per env: DIPO_ENV_SETTINGS)."""
 
-    warmup_steps: int = 10000
-    """Uniform-random steps before learning (authors' main.py start_steps)."""
     diffusion_steps: int = 100
     """T, denoising steps with the cosine schedule (authors' main.py n_timesteps; README: 100 for every env)."""
-    hidden: int = 256
-    """Noise-net width (authors' model.py Model)."""
-    t_dim: int = 32
-    """Width of the sinusoidal time embedding (authors' model.py Model)."""
-    critic_hidden: list[int] = (256, 256, 256)
-    """Twin critics: 3 x (Linear, Mish) (authors' model.py Critic)."""
     actor_lr: float = 3e-4
     """Diffusion-policy learning rate (authors' main.py diffusion_lr)."""
-    critic_lr: float = 3e-4
-    """Critic learning rate (authors' main.py critic_lr)."""
-    adam_eps: float = 1e-5
-    """Adam epsilon of the actor, critic and action optimisers (authors' DiPo.py, all three)."""
-    grad_clip: float = 2.0
-    """Gradient-norm clip of actor and critic, 0 for none (authors' main.py ac_grad_norm; per env in the README)."""
     action_lr: float = 0.03
     """Learning rate of the Adam over the memory's actions (authors' main.py action_lr; README: all envs)."""
     action_gradient_steps: int = 20
@@ -85,26 +69,14 @@ class DIPOSettings(OffPolicySettings):
     """True writes improved actions back to the memory (the paper); the authors' write is a no-op (see above)."""
     noise_ratio: float = 1.0
     """Scale of the sampler's noise when acting and in the TD target (authors' main.py noise_ratio)."""
-    tau: float = 0.005
-    """Soft update of the target critic and actor (authors' main.py tau)."""
     actor_target_every: int = 1
     """Updates between target-actor updates (authors' main.py update_actor_target_every; HalfCheetah 2)."""
-    truncation_as_terminal: bool = False
-    """True reproduces the authors' code, which ends the return at time-limit truncation (a known bias)."""
-    truncated_init: bool = False
-    """True initialises with the truncated normal the authors meant; False is what their code does."""
-
-    def __post_init__(self):
-        self.critic_hidden = list(self.critic_hidden)
 
     def validate(self) -> None:
-        for key in ("diffusion_steps", "hidden", "actor_target_every"):
-            if getattr(self, key) <= 0:
-                raise UserError(f"setting '{key}' must be positive, got {getattr(self, key)}")
+        super().validate()
+        require_positive(self, "actor_target_every")
         if self.action_gradient_steps < 0:
             raise UserError(f"setting 'action_gradient_steps' must be >= 0, got {self.action_gradient_steps}")
-        if self.t_dim < 4 or self.t_dim % 2:
-            raise UserError(f"setting 't_dim' must be an even number >= 4, got {self.t_dim}")
 
 
 def improve_actions(critic, states: torch.Tensor, actions: torch.Tensor, steps: int, lr: float, eps: float,
@@ -127,22 +99,13 @@ def improve_actions(critic, states: torch.Tensor, actions: torch.Tensor, steps: 
     return a.detach()
 
 
-class DIPO(OffPolicyAgent):
+class DIPO(NoisePredictorAgent):
     Settings = DIPOSettings
     metrics = ("q_loss", "actor_loss", "q_mean", "action_shift")
     replay_columns = {"memory_action": "action"}
 
     def __init__(self, obs_dim, act_dim, settings: DIPOSettings, device, total_steps, seed):
         super().__init__(obs_dim, act_dim, settings, device, total_steps, seed)
-        c = settings
-        self.actor = NoisePredictor(obs_dim, act_dim, c.hidden, c.t_dim, c.truncated_init).to(device)
-        self.actor_target = copy.deepcopy(self.actor)
-        self.schedule = DiffusionSchedule.cosine(c.diffusion_steps).to(device)
-        self.critic = TwinQ(obs_dim, act_dim, c.critic_hidden, activation="mish").to(device)
-        init_authors_normal(self.critic, truncated=c.truncated_init)
-        self.critic_target = copy.deepcopy(self.critic)
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=c.actor_lr, eps=c.adam_eps)
-        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=c.critic_lr, eps=c.adam_eps)
 
     def sample(self, actor: NoisePredictor, states: torch.Tensor, noise_ratio: float) -> torch.Tensor:
         return ddpm_sample(actor, self.schedule, states, 1, noise_ratio=noise_ratio)[:, 0]
@@ -153,9 +116,7 @@ class DIPO(OffPolicyAgent):
 
     def train_step(self, b: dict[str, torch.Tensor]) -> dict[str, float]:
         c = self.cfg
-        done = b["terminated"]
-        if c.truncation_as_terminal:
-            done = torch.maximum(done, b["truncated"])
+        done = self.bootstrap_mask(b)
 
         # 1. critic: one draw of the target actor's sampler at s'
         with torch.no_grad():

@@ -38,7 +38,7 @@ from qvpo.agent import OffPolicyAgent
 from qvpo.diffusion import DiffusionSchedule, q_sample
 from qvpo.errors import UserError
 from qvpo.nets import TwinQ, mlp, soft_update
-from qvpo.settings import OffPolicySettings
+from qvpo.settings import OffPolicySettings, require_positive
 
 
 @dataclass
@@ -91,8 +91,7 @@ class QSMSettings(OffPolicySettings):
         self.critic_hidden = list(self.critic_hidden)
 
     def validate(self) -> None:
-        if self.diffusion_steps <= 0:
-            raise UserError(f"setting 'diffusion_steps' must be positive, got {self.diffusion_steps}")
+        require_positive(self, "diffusion_steps")
         if self.time_dim < 2 or self.time_dim % 2:
             raise UserError(f"setting 'time_dim' must be an even number >= 2, got {self.time_dim}")
         if self.actor_lr_decay_steps < 0:

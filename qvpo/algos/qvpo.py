@@ -15,7 +15,6 @@ Acting: the behaviour policy is the best of Kb candidates; evaluation the best o
 """
 from __future__ import annotations
 
-import copy
 import sys
 from dataclasses import dataclass
 from typing import ClassVar, Literal
@@ -23,28 +22,18 @@ from typing import ClassVar, Literal
 import torch
 import torch.nn.functional as F
 
-from qvpo.agent import OffPolicyAgent
-from qvpo.diffusion import (DiffusionSchedule, NoisePredictor, chunk_network, ddpm_sample, twin_min_q,
-                            weighted_eps_loss)
-from qvpo.errors import UserError
-from qvpo.nets import TwinQ, init_authors_normal, soft_update, twin_q_step
-from qvpo.settings import OffPolicySettings
+from qvpo.diffusion import (NoisePredictor, NoisePredictorAgent, NoisePredictorSettings, chunk_network, ddpm_sample,
+                            twin_min_q, weighted_eps_loss)
+from qvpo.nets import TwinQ, soft_update, twin_q_step
+from qvpo.settings import require_positive
 
 
 @dataclass
-class QVPOSettings(OffPolicySettings):
+class QVPOSettings(NoisePredictorSettings):
     """QVPO's settings; defaults are the authors' (main.py with --weighted --aug) unless said."""
 
-    warmup_steps: int = 10000
-    """Uniform-random steps before learning (authors' main.py start_steps)."""
     diffusion_steps: int = 20
     """T, denoising steps with the cosine schedule (authors' main.py n_timesteps)."""
-    hidden: int = 256
-    """Noise-net width (authors' model.py)."""
-    t_dim: int = 32
-    """Width of the sinusoidal time embedding (authors' model.py)."""
-    critic_hidden: list[int] = (256, 256, 256)
-    """Twin critics: 3 x (Linear, Mish) (authors' model.py Critic)."""
     nd: int = 64
     """Nd, candidates per state in the policy step (authors' --sample_num? their default 64)."""
     kb: int = 4
@@ -66,33 +55,15 @@ class QVPOSettings(OffPolicySettings):
     """Lower cut of the authors' qcut weight, max(Q(s, a_max), cut) (authors' code)."""
     actor_lr: float = 1e-4
     """Diffusion-policy learning rate (authors' main.py diffusion_lr)."""
-    critic_lr: float = 3e-4
-    """Critic learning rate (authors' main.py critic_lr)."""
-    adam_eps: float = 1e-5
-    """Adam epsilon of both optimisers (authors' code)."""
-    grad_clip: float = 2.0
-    """Gradient-norm clip of actor and critic, 0 for none (authors' code; a reading of the paper: none)."""
-    tau: float = 0.005
-    """Soft update of the target actor and critic, every update (authors' main.py)."""
-    truncation_as_terminal: bool = False
-    """True reproduces the authors' code, which ends the return at time-limit truncation (a known bias)."""
-    truncated_init: bool = False
-    """True initialises with the truncated normal the authors meant; False is what their code does."""
     sample_dtype: Literal["float32", "bfloat16"] = "float32"
     """Dtype of the noise net while sampling candidates; bfloat16 trades precision for speed (ours)."""
     compile: bool = False
     """Run the sampler's network through torch.compile (ours): on CUDA in reduce-overhead mode (CUDA graphs;
     untested here), on the CPU in the default mode. Same arithmetic within float rounding."""
 
-    def __post_init__(self):
-        self.critic_hidden = list(self.critic_hidden)
-
     def validate(self) -> None:
-        for key in ("diffusion_steps", "nd", "kb", "kt", "eval_candidates", "ne", "hidden", "t_dim"):
-            if getattr(self, key) <= 0:
-                raise UserError(f"setting '{key}' must be positive, got {getattr(self, key)}")
-        if self.t_dim < 4 or self.t_dim % 2:
-            raise UserError(f"setting 't_dim' must be an even number >= 4, got {self.t_dim}")
+        super().validate()
+        require_positive(self, "nd", "kb", "kt", "eval_candidates", "ne")
 
 
 def entropy_weight(step: int, total_steps: int, omega: float, omega_min: float) -> float:
@@ -167,7 +138,7 @@ class CompiledChunkNetwork:
             return chunk_network(*args)
 
 
-class QVPO(OffPolicyAgent):
+class QVPO(NoisePredictorAgent):
     Settings = QVPOSettings
     metrics = ("q_loss", "actor_loss", "w_eq", "omega_ent", "q_mean")
     extra_eval_modes = ("single",)
@@ -176,17 +147,8 @@ class QVPO(OffPolicyAgent):
 
     def __init__(self, obs_dim, act_dim, settings: QVPOSettings, device, total_steps, seed):
         super().__init__(obs_dim, act_dim, settings, device, total_steps, seed)
-        c = settings
-        self.actor = NoisePredictor(obs_dim, act_dim, c.hidden, c.t_dim, c.truncated_init).to(device)
-        self.actor_target = copy.deepcopy(self.actor)
-        self.schedule = DiffusionSchedule.cosine(c.diffusion_steps).to(device)
-        self.critic = TwinQ(obs_dim, act_dim, c.critic_hidden, activation="mish").to(device)
-        init_authors_normal(self.critic, truncated=c.truncated_init)
-        self.critic_target = copy.deepcopy(self.critic)
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=c.actor_lr, eps=c.adam_eps)
-        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=c.critic_lr, eps=c.adam_eps)
-        self.sample_dtype = getattr(torch, c.sample_dtype)
-        self.sample_network = CompiledChunkNetwork(device) if c.compile else None
+        self.sample_dtype = getattr(torch, settings.sample_dtype)
+        self.sample_network = CompiledChunkNetwork(device) if settings.compile else None
 
     def sample(self, actor: NoisePredictor, states: torch.Tensor, k: int) -> torch.Tensor:
         return ddpm_sample(actor, self.schedule, states, k, dtype=self.sample_dtype, factored=self.factored,
@@ -202,9 +164,7 @@ class QVPO(OffPolicyAgent):
 
     def train_step(self, b: dict[str, torch.Tensor]) -> dict[str, float]:
         c = self.cfg
-        done = b["terminated"]
-        if c.truncation_as_terminal:
-            done = torch.maximum(done, b["truncated"])
+        done = self.bootstrap_mask(b)
 
         # 1. critic: TD target from the best of Kt target-actor candidates
         with torch.no_grad():

@@ -14,8 +14,8 @@ from typing import Literal
 
 import torch
 
-from qvpo.errors import UserError
 from qvpo.onpolicy import OnPolicyAgent, OnPolicySettings
+from qvpo.settings import require_positive
 
 
 @dataclass
@@ -39,8 +39,7 @@ class SPOSettings(OnPolicySettings):
 
     def validate(self) -> None:
         super().validate()
-        if not self.kl_max > 0:
-            raise UserError(f"setting 'kl_max' must be positive, got {self.kl_max}")
+        require_positive(self, "kl_max")
 
 
 def kl_clip_factor(adv: torch.Tensor, kl: torch.Tensor, kl_max: float, eps: float) -> torch.Tensor:
