@@ -119,10 +119,6 @@ class OnPolicySettings(CommonSettings):
         for key in ("gamma", "gae_lambda"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise UserError(f"setting '{key}' must lie in [0, 1], got {getattr(self, key)}")
-        for key in ("actor_hidden", "critic_hidden"):
-            widths = getattr(self, key)
-            if not widths or min(widths) <= 0:
-                raise UserError(f"setting '{key}' must be a non-empty list of positive widths, got {widths}")
         batch, k = self.num_steps * self.num_envs, self.num_minibatches
         if batch % k:
             raise UserError(f"num_steps*num_envs ({batch}) must be divisible by num_minibatches ({k})")

@@ -124,6 +124,10 @@ def resolve(cls: type, overrides: dict[str, object]):
     if validate is not None:
         validate()
     require_positive(settings, "eval_every", "eval_episodes", "checkpoint_every")
+    for key, hint in types.items():  # every list setting is a network's hidden-layer widths
+        widths = getattr(settings, key)
+        if typing.get_origin(hint) is list and (not widths or min(widths) <= 0):
+            raise UserError(f"setting '{key}' must be a non-empty list of positive layer widths, got {widths}")
     return settings
 
 
