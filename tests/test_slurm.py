@@ -1,4 +1,5 @@
-"""The tiny grid through a one-node SLURM cluster and the slurm-local profile (acceptance 3).
+"""On a one-node SLURM cluster: the tiny grid through the slurm-local profile (issue 5, acceptance 3),
+and a training job preempted by `scontrol requeue` that resumes to the same result (issue 7, item 6).
 
 Run on its own, as root (it installs slurm-wlm and munge when missing):
     pytest -m slurm tests/test_slurm.py
@@ -9,10 +10,15 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
+import sys
+import time
 
 import pytest
+from conftest import logged, meta, tiny_args
 from pipeline_helpers import PROJECT, TINY_CONFIG, check_table, snakemake, write_config
+from qvpo.cli import main
 
 pytestmark = pytest.mark.slurm
 SCRIPTS = PROJECT / "scripts" / "slurm"
@@ -52,3 +58,48 @@ def test_tiny_grid_on_slurm(cluster, tmp_path):
         job = scontrol_job(slurm_id)
         assert job["JobState"] == "COMPLETED" and job["WorkDir"] == str(tmp_path), job
     check_table(tmp_path / TINY_CONFIG["results"], TINY_CONFIG)
+
+
+def wait_for(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def checkpointed_step(run) -> int:
+    try:
+        return meta(run).get("step", 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def test_requeued_training_job_checkpoints_and_resumes_to_the_same_result(cluster, tmp_path):
+    """`scontrol requeue` is a preemption: SLURM sends SIGTERM, the job is put back in the queue and
+    started again with the same command, which must resume from the checkpoint the signal wrote."""
+    steps = 1500
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    assert main(tiny_args("sac", ref, steps)) == 0
+    script = tmp_path / "train.sh"
+    script.write_text("#!/bin/bash\nexport PYTHONHASHSEED=0\n"
+                      f"exec {shlex.join([sys.executable, '-m', 'qvpo', *tiny_args('sac', run, steps)])}\n")
+    submitted = subprocess.run(
+        ["sbatch", "--parsable", "--requeue", "--open-mode=append", "--partition=debug", "--time=20",
+         "--mem=1000", "--cpus-per-task=1", f"--chdir={tmp_path}", f"--output={tmp_path}/slurm-%j.out", str(script)],
+        capture_output=True, text=True, check=True)
+    job_id = submitted.stdout.strip().split(";")[0]
+
+    first = wait_for(lambda: checkpointed_step(run) >= 200 and checkpointed_step(run), 300, "a first checkpoint")
+    subprocess.run(["scontrol", "requeue", job_id], check=True)
+    wait_for(lambda: scontrol_job(job_id)["JobState"] == "COMPLETED", 900, "the requeued job to complete")
+
+    job, m = scontrol_job(job_id), meta(run)
+    output = (tmp_path / f"slurm-{job_id}.out").read_text()
+    assert job["Restarts"] == "1", job
+    assert "interrupted by signal 15" in output and "Traceback" not in output, output[-3000:]
+    assert m["status"] == "complete" and len(m["resumed_from_step"]) == 1, m
+    assert first <= m["resumed_from_step"][0] < steps
+    assert logged(run) == logged(ref)
