@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--accept-code-change", action="store_true",
                    help="continue a run whose code changed since (recorded in meta.json code_history)")
     t.add_argument("--progress", choices=["auto", "bar", "log"], default="auto")
+    t.add_argument("--stop-before-limit", type=float, default=300.0, metavar="SECONDS",
+                   help="inside a SLURM job, checkpoint and exit (code 75) this long before its time limit")
 
     e = sub.add_parser("evaluate", help="evaluate a run directory's saved policy")
     e.add_argument("run_dir", type=Path)
@@ -69,7 +71,7 @@ def cmd_train(args) -> int:
         overrides[key] = value
     progress = {"auto": None, "bar": True, "log": False}[args.progress]
     req = TrainRequest(args.algo, args.env, args.seed, args.steps, args.out, overrides, args.device, args.threads,
-                       args.restart, args.accept_code_change, progress)
+                       args.restart, args.accept_code_change, progress, args.stop_before_limit)
     return Trainer(req).run()
 
 

@@ -9,9 +9,11 @@ keeps the last good checkpoint.
 from __future__ import annotations
 
 import math
+import os
 import random
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -40,11 +42,44 @@ class Diverged(Exception):
 
 
 class Interrupted(Exception):
-    """A termination signal arrived; a checkpoint was written."""
+    """A termination signal arrived, or the SLURM job's time limit came near; a checkpoint was written."""
 
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
+    def __init__(self, reason: str, exit_code: int):
+        super().__init__(reason)
+        self.reason, self.exit_code = reason, exit_code
+
+
+EXIT_BEFORE_TIME_LIMIT = 75
+"""Exit code of a run stopped ahead of its SLURM job's time limit (EX_TEMPFAIL: retry to resume)."""
+
+
+def parse_slurm_duration(text: str) -> float | None:
+    """Seconds in squeue's time format ([days-][hours:]minutes:seconds); None for UNLIMITED, NOT_SET, etc."""
+    days, _, clock = text.strip().rpartition("-")
+    try:
+        parts = [int(p) for p in clock.split(":")]
+        whole_days = int(days) if days else 0
+    except ValueError:
+        return None
+    if not 1 <= len(parts) <= 3:
+        return None
+    seconds = 0
+    for p in parts:
+        seconds = seconds * 60 + p
+    return whole_days * 86400 + seconds
+
+
+def slurm_time_left() -> float | None:
+    """Seconds until this SLURM job's time limit (squeue %L), or None outside a job or without squeue.
+    SLURM's --signal reaches a batch step's processes only through srun, so qvpo asks for the time itself."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job or not job.isdigit():
+        return None
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%L"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return parse_slurm_duration(out.stdout) if out.returncode == 0 and out.stdout.strip() else None
 
 
 def pick_device(name: str) -> torch.device:
@@ -123,6 +158,8 @@ class TrainRequest:
     restart: bool = False
     accept_code_change: bool = False
     progress: bool | None = None
+    stop_before_limit: float = 300.0
+    """Inside a SLURM job: checkpoint and stop this many seconds before the job's time limit."""
 
 
 class Trainer:
@@ -131,6 +168,8 @@ class Trainer:
             raise UserError(f"--steps must be positive, got {req.steps}")
         if req.threads is not None and req.threads <= 0:
             raise UserError(f"--threads must be positive, got {req.threads}")
+        if not req.stop_before_limit >= 0:
+            raise UserError(f"--stop-before-limit must be >= 0 seconds, got {req.stop_before_limit}")
         self.req = req
         self.agent_cls = algos.get(req.algo)
         self.settings = resolve(self.agent_cls.Settings, req.overrides)
@@ -143,6 +182,7 @@ class Trainer:
         self.identity = runlog.identity(req.algo, req.env_id, req.seed, self.settings_dict, self.code)
         self.pool = EnvPool(req.env_id, getattr(self.settings, "num_envs", 1), req.seed)
         self._signal: int | None = None
+        self.deadline: float | None = None
 
     # -- run directory ------------------------------------------------------------------
     def check_dir(self) -> dict | None:
@@ -279,6 +319,11 @@ class Trainer:
 
         progress = Progress(req.steps, step, self.run_dir, req.progress)
         old_handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+        time_left = slurm_time_left()
+        if time_left is not None:
+            self.deadline = time.monotonic() + time_left - req.stop_before_limit
+            print(f"qvpo: in SLURM job {os.environ['SLURM_JOB_ID']}: {time_left:.0f} s left, will checkpoint and stop "
+                  f"{req.stop_before_limit:.0f} s before the time limit", file=sys.stderr)
         try:
             self._loop(step, modes, progress)
         except Diverged as e:
@@ -294,9 +339,9 @@ class Trainer:
         except Interrupted as e:
             self.meta.update(status="interrupted")
             runlog.write_meta(self.run_dir, self.meta)
-            print(f"qvpo: interrupted by signal {e.signum}; checkpoint at step {self.meta['step']}, "
+            print(f"qvpo: {e.reason}; checkpoint at step {self.meta['step']}, "
                   "rerun the same command to resume", file=sys.stderr)
-            return 128 + e.signum
+            return e.exit_code
         finally:
             for sig, h in old_handlers.items():
                 signal.signal(sig, h)
@@ -336,7 +381,8 @@ class Trainer:
             if crossed(prev, step, s.eval_every) or step >= req.steps:
                 self._evaluate(step, modes)
             progress.update(step, self.last_eval)
-            if self._signal is not None or crossed(prev, step, s.checkpoint_every) or step >= req.steps:
+            near_limit = self.deadline is not None and time.monotonic() >= self.deadline
+            if self._signal is not None or near_limit or crossed(prev, step, s.checkpoint_every) or step >= req.steps:
                 self._check_finite(step)
                 try:
                     self.save_checkpoint(step)
@@ -345,7 +391,10 @@ class Trainer:
                     raise RunStopped(f"cannot write the checkpoint of step {step} ({e.strerror or e}); the previous "
                                      f"checkpoint (step {self.meta['step']}) is intact, rerun to resume from it") from None
                 if self._signal is not None and step < req.steps:
-                    raise Interrupted(self._signal)
+                    raise Interrupted(f"interrupted by signal {self._signal}", 128 + self._signal)
+                if near_limit and step < req.steps:
+                    raise Interrupted(f"stopped {req.stop_before_limit:.0f} s before the SLURM job's time limit",
+                                      EXIT_BEFORE_TIME_LIMIT)
 
     def _log_episode(self, step: int, i: int) -> None:
         ret = float(self.ep_return[i])

@@ -16,6 +16,7 @@ from conftest import logged, meta, read_csv, run_cli, start, tiny_args, wait_for
 from qvpo import checkpoint
 from qvpo.algos.sac import SAC
 from qvpo.cli import main
+from qvpo.loop import parse_slurm_duration, slurm_time_left
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
@@ -38,6 +39,17 @@ def test_signal_checkpoints_and_exits_then_resumes_exactly(sig, tmp_path):
     assert result.returncode == 0, result.stderr
     assert meta(run)["resumed_from_step"] == [stopped_at]
     assert logged(run) == logged(ref)
+
+
+@pytest.mark.parametrize("text, seconds", [("2:59", 179), ("1:02:03", 3723), ("1-00:00:05", 86405), ("0:00", 0),
+                                           ("UNLIMITED", None), ("NOT_SET", None), ("", None), ("1:2:3:4", None)])
+def test_squeue_time_left_is_parsed(text, seconds):
+    assert parse_slurm_duration(text) == seconds
+
+
+def test_outside_slurm_there_is_no_time_limit(monkeypatch):
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    assert slurm_time_left() is None
 
 
 def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):

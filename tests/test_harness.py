@@ -108,6 +108,10 @@ BAD_INPUT = [
     (["train", "--algo", "sac", "--env", "Hopper-v5", "--steps", "10", "--out", "{d}", "--device", "tpu"],
      "device"),
     (["evaluate", "{d}/missing"], "not a qvpo run directory"),
+    (["train", "--algo", "sac", "--env", "Hopper-v5", "--steps", "10", "--out", "{d}", "--stop-before-limit", "-1"],
+     "--stop-before-limit must be >= 0"),
+    (["train", "--algo", "sac", "--env", "Hopper-v5", "--steps", "10", "--out", "{d}", "--set", "hidden=[]"],
+     "setting 'hidden' must be a non-empty list of positive layer widths"),
 ]
 
 

@@ -77,20 +77,34 @@ def checkpointed_step(run) -> int:
         return 0
 
 
-def test_requeued_training_job_checkpoints_and_resumes_to_the_same_result(cluster, tmp_path):
-    """`scontrol requeue` is a preemption: SLURM sends SIGTERM, the job is put back in the queue and
-    started again with the same command, which must resume from the checkpoint the signal wrote."""
-    steps = 1500
-    ref, run = tmp_path / "ref", tmp_path / "run"
-    assert main(tiny_args("sac", ref, steps)) == 0
+STEPS = 3000
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted run, outside SLURM, of the tiny SAC the preempted jobs run."""
+    ref = tmp_path_factory.mktemp("reference") / "run"
+    assert main(tiny_args("sac", ref, STEPS)) == 0
+    return ref
+
+
+def submit(tmp_path, run, *options: str) -> str:
+    """sbatch a job running the reference's `qvpo train` command into `run`; its job id."""
     script = tmp_path / "train.sh"
     script.write_text("#!/bin/bash\nexport PYTHONHASHSEED=0\n"
-                      f"exec {shlex.join([sys.executable, '-m', 'qvpo', *tiny_args('sac', run, steps)])}\n")
+                      f"exec {shlex.join([sys.executable, '-m', 'qvpo', *tiny_args('sac', run, STEPS)])}\n")
     submitted = subprocess.run(
-        ["sbatch", "--parsable", "--requeue", "--open-mode=append", "--partition=debug", "--time=20",
-         "--mem=1000", "--cpus-per-task=1", f"--chdir={tmp_path}", f"--output={tmp_path}/slurm-%j.out", str(script)],
+        ["sbatch", "--parsable", "--open-mode=append", "--partition=debug", "--mem=1000", "--cpus-per-task=1",
+         f"--chdir={tmp_path}", f"--output={tmp_path}/slurm-%j.out", *options, str(script)],
         capture_output=True, text=True, check=True)
-    job_id = submitted.stdout.strip().split(";")[0]
+    return submitted.stdout.strip().split(";")[0]
+
+
+def test_requeued_training_job_checkpoints_and_resumes_to_the_same_result(cluster, reference, tmp_path):
+    """`scontrol requeue` is a preemption: SLURM sends SIGTERM, the job is put back in the queue and
+    started again with the same command, which must resume from the checkpoint the signal wrote."""
+    run = tmp_path / "run"
+    job_id = submit(tmp_path, run, "--requeue", "--time=20")
 
     first = wait_for(lambda: checkpointed_step(run) >= 200 and checkpointed_step(run), 300, "a first checkpoint")
     subprocess.run(["scontrol", "requeue", job_id], check=True)
@@ -101,5 +115,25 @@ def test_requeued_training_job_checkpoints_and_resumes_to_the_same_result(cluste
     assert job["Restarts"] == "1", job
     assert "interrupted by signal 15" in output and "Traceback" not in output, output[-3000:]
     assert m["status"] == "complete" and len(m["resumed_from_step"]) == 1, m
-    assert first <= m["resumed_from_step"][0] < steps
-    assert logged(run) == logged(ref)
+    assert first <= m["resumed_from_step"][0] < STEPS
+    assert logged(run) == logged(reference)
+
+
+def test_a_job_near_its_time_limit_stops_itself_and_resumes_on_resubmission(cluster, reference, tmp_path):
+    """A 2-minute job: qvpo reads the time left from squeue and, 100 s before the limit, checkpoints and
+    exits 75 (what a Snakemake retry, or a user's resubmission, resumes from)."""
+    run = tmp_path / "run"
+    job_id = submit(tmp_path, run, "--time=2")
+    wait_for(lambda: scontrol_job(job_id)["JobState"] not in ("PENDING", "RUNNING"), 300, "the first job to end")
+    job, m = scontrol_job(job_id), meta(run)
+    output = (tmp_path / f"slurm-{job_id}.out").read_text()
+    assert job["JobState"] == "FAILED" and job["ExitCode"] == "75:0", job
+    assert "s before the SLURM job's time limit" in output and "Traceback" not in output, output[-3000:]
+    assert m["status"] == "interrupted" and 0 < m["step"] < STEPS, m
+    stopped_at = m["step"]
+
+    second = submit(tmp_path, run, "--time=20")
+    wait_for(lambda: scontrol_job(second)["JobState"] == "COMPLETED", 600, "the resubmitted job to complete")
+    m = meta(run)
+    assert m["status"] == "complete" and m["resumed_from_step"] == [stopped_at], m
+    assert logged(run) == logged(reference)
