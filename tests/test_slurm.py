@@ -88,11 +88,11 @@ def reference(tmp_path_factory):
     return ref
 
 
-def submit(tmp_path, run, *options: str) -> str:
+def submit(tmp_path, run, *options: str, qvpo_options: tuple[str, ...] = ()) -> str:
     """sbatch a job running the reference's `qvpo train` command into `run`; its job id."""
     script = tmp_path / "train.sh"
-    script.write_text("#!/bin/bash\nexport PYTHONHASHSEED=0\n"
-                      f"exec {shlex.join([sys.executable, '-m', 'qvpo', *tiny_args('sac', run, STEPS)])}\n")
+    command = [sys.executable, "-m", "qvpo", *tiny_args("sac", run, STEPS), *qvpo_options]
+    script.write_text(f"#!/bin/bash\nexport PYTHONHASHSEED=0\nexec {shlex.join(command)}\n")
     submitted = subprocess.run(
         ["sbatch", "--parsable", "--open-mode=append", "--partition=debug", "--mem=1000", "--cpus-per-task=1",
          f"--chdir={tmp_path}", f"--output={tmp_path}/slurm-%j.out", *options, str(script)],
@@ -120,10 +120,11 @@ def test_requeued_training_job_checkpoints_and_resumes_to_the_same_result(cluste
 
 
 def test_a_job_near_its_time_limit_stops_itself_and_resumes_on_resubmission(cluster, reference, tmp_path):
-    """A 2-minute job: qvpo reads the time left from squeue and, 100 s before the limit, checkpoints and
-    exits 75 (what a Snakemake retry, or a user's resubmission, resumes from)."""
+    """A 2-minute job: qvpo reads the time left from squeue and, 112 s before the limit (a few seconds into
+    training, however fast the machine), checkpoints and exits 75 (what a Snakemake retry, or a user's
+    resubmission, resumes from)."""
     run = tmp_path / "run"
-    job_id = submit(tmp_path, run, "--time=2")
+    job_id = submit(tmp_path, run, "--time=2", qvpo_options=("--stop-before-limit", "112"))
     wait_for(lambda: scontrol_job(job_id)["JobState"] not in ("PENDING", "RUNNING"), 300, "the first job to end")
     job, m = scontrol_job(job_id), meta(run)
     output = (tmp_path / f"slurm-{job_id}.out").read_text()
