@@ -191,14 +191,8 @@ def report_command(product: str) -> list[str]:
 
 
 def provenance(product: str) -> dict:
-    """What a table or figure is made from: the command, its code, and the runs (their markers' names)."""
     command = report_command(product)
-    if product == "table":
-        runs = [Path(final_file(*run)).name for run in grid_runs("table")]
-    else:
-        runs = [Path(done_file(*run)).name for run in grid_runs(FIGURES[product]["grid"])]
-    return {"product": product, "command": ["qvpo", *command], "code_hash": report_code_hash(command[0]),
-            "runs": runs}
+    return {"product": product, "command": ["qvpo", *command], "code_hash": report_code_hash(command[0])}
 
 
 def provenance_file(product: str) -> str:

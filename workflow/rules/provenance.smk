@@ -3,17 +3,14 @@ localrules:
 
 
 rule provenance:
-    """provenance/<figure>-<hash>.json: the report command, code and runs a figure is made with.
+    """provenance/<product>-<hash>.json: the report command and code a table or figure is made with.
 
-    Its name changes with them, so a new one is missing and what depends on it reruns. (The table's
-    is an output of the aggregate rule itself.)
+    Its name changes with them, so a new one is missing and what depends on it reruns.
     """
     output:
         f"{ROOT}/provenance/{{product}}-{{key}}.json",
     log:
         f"{ROOT}/logs/provenance/{{product}}-{{key}}.log",
-    wildcard_constraints:
-        product="|".join(FIGURES),
     params:
         record=lambda wildcards: json.dumps(provenance(wildcards.product), indent=2),
     conda:
