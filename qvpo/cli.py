@@ -105,16 +105,22 @@ def cmd_code_hash(args) -> int:
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "code-hash": cmd_code_hash}
 
 
+def one_line(message: str) -> str:
+    """The message with line breaks and other control characters escaped: a user's key or value
+    quoted in an error must not split it over lines."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         handler = COMMANDS.get(args.command) or args.handler
         return handler(args)
     except UserError as e:
-        print(f"qvpo: error: {e}", file=sys.stderr)
+        print(f"qvpo: error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except RunStopped as e:
-        print(f"qvpo: {e}", file=sys.stderr)
+        print(f"qvpo: {one_line(str(e))}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
         print("qvpo: interrupted", file=sys.stderr)

@@ -12,6 +12,7 @@
 #   - QSM: T = 5 is already the authors' value; 30,000 steps at ~45 ms per update ~21 min.
 # Everything else is the authors' default (InvertedPendulum is not in DIPO's per-env README table, so DIPO
 # runs its main.py defaults; the memory write-back stays off, as the authors' code behaves).
+# Never start it beside another copy of itself: two processes must not train into one run directory.
 # Resumable: rerunning skips complete runs and resumes interrupted ones (qvpo train does that); checkpoints
 # every 2,500 steps so that a run stopped on this shared machine loses little.
 # Usage: nohup bash scripts/learn_dipo_qsm.sh > /tmp/learn_dipo_qsm.log 2>&1 &   (JOBS=2 runs at a time; a log per run
@@ -37,7 +38,7 @@ mkdir -p "$ROOT/$ENV"
 
 # One queue, $JOBS runs at a time (2 cores: more would only slow each run down).
 {
-  for seed in 0 1 2; do echo "qsm $seed 30000"; done
   for seed in 0 1 2; do echo "dipo $seed 20000 --set diffusion_steps=5 --set action_gradient_steps=5"; done
+  for seed in 0 1 2; do echo "qsm $seed 30000"; done
 } | xargs -P "$JOBS" -L 1 bash -c 'train "$@"' _
 python scripts/summarize_learning.py "$ROOT/$ENV/dipo" "$ROOT/$ENV/qsm" --out "$ROOT/dipo_qsm_summary.csv"

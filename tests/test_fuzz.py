@@ -47,6 +47,7 @@ CONFIG_TEXTS = st.one_of(
 @given(algo=st.sampled_from(["sac", "td3", "qvpo", "ppo", "spo", "dipo", "qsm"]), text=CONFIG_TEXTS)
 @example(algo="sac", text="hidden: []\n")  # found by this test: an IndexError in the actor's constructor
 @example(algo="qsm", text="time_hidden: [0]\n")
+@example(algo="sac", text='"\\r": 1')  # found by this test: a key with a carriage return split the message
 def test_generated_config_files_run_or_fail_in_one_line(algo, text, tmp_path_factory, capsys):
     """Run in-process on the one-step bandit; the command line's --set keeps each run to a few steps."""
     directory = tmp_path_factory.mktemp("cfg")
