@@ -5,6 +5,8 @@
 # Reductions from the authors' settings, said here as the issue asks:
 #   - InvertedPendulum: warm-up 5,000 steps for both (TD3's default 25,000 would leave 5,000 learning steps);
 #   - HalfCheetah: SAC keeps its 5,000; TD3 warms up 10,000 instead of 25,000.
+# TD3 on InvertedPendulum is also run with a 1,000-step warm-up (run dirs td3_warmup1000): with 5,000 it
+# learned only at 25-30k steps (session 2); the issue allows a shorter warm-up. Both are reported.
 # Resumable: rerunning skips complete runs and resumes interrupted ones (qvpo train does that).
 # Usage: nohup bash scripts/learn_sac_td3.sh > learn_sac_td3.log 2>&1 &
 set -euo pipefail
@@ -21,8 +23,13 @@ for seed in 0 1 2; do
   for algo in sac td3; do train InvertedPendulum-v5 "$algo" "$seed" 30000 5000 5000; done
 done
 for seed in 0 1 2; do
+  qvpo train --algo td3 --env InvertedPendulum-v5 --seed "$seed" --steps 30000 \
+    --out "$ROOT/InvertedPendulum-v5/td3_warmup1000/seed$seed" --set eval_every=5000 --set eval_episodes=10 \
+    --set warmup_steps=1000 --threads "$THREADS" --progress log
+done
+for seed in 0 1 2; do
   train HalfCheetah-v5 sac "$seed" 100000 10000 5000
   train HalfCheetah-v5 td3 "$seed" 100000 10000 10000
 done
-python scripts/summarize_learning.py "$ROOT"/InvertedPendulum-v5/{sac,td3} "$ROOT"/HalfCheetah-v5/{sac,td3} \
+python scripts/summarize_learning.py "$ROOT"/InvertedPendulum-v5/{sac,td3,td3_warmup1000} "$ROOT"/HalfCheetah-v5/{sac,td3} \
   --out "$ROOT/sac_td3_summary.csv"
