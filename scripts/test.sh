@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
-pytest "$@"
+# one pytest worker per core (-n auto): most tests wait on a 1-thread subprocess; `-n 0` runs serially
+pytest -n "${QVPO_TEST_WORKERS:-auto}" "$@"

@@ -11,6 +11,15 @@ import time
 from pathlib import Path
 
 import pytest
+
+
+def pytest_collection_modifyitems(items):
+    """Tests marked `long(seconds)` first, longest first (a stable sort): with several workers (scripts/test.sh
+    runs -n auto), a long test collected last would otherwise run alone while the other workers sit idle."""
+    def seconds(item) -> float:
+        marker = item.get_closest_marker("long")
+        return marker.args[0] if marker else 0.0
+    items.sort(key=seconds, reverse=True)
 import torch
 
 torch.set_num_threads(1)

@@ -19,6 +19,7 @@ from qvpo.cli import main
 from qvpo.loop import parse_slurm_duration, slurm_time_left
 
 
+@pytest.mark.long(90)
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
 def test_signal_checkpoints_and_exits_then_resumes_exactly(sig, tmp_path):
     steps = 1200

@@ -146,6 +146,7 @@ def test_hostile_names_are_refused_before_any_path_or_command(edit):
         validate(merged(edit), SCHEMA)
 
 
+@pytest.mark.long(60)
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(path=st.sampled_from([p for p in PATHS if p[0] != "description"]), value=VALUES)
 def test_snakemake_plans_or_stops_with_a_message_for_generated_configs(path, value, tmp_path_factory):

@@ -37,6 +37,7 @@ def test_same_command_twice_is_identical(algo, tmp_path):
     assert logged(tmp_path / "a") == logged(tmp_path / "b")
 
 
+@pytest.mark.long(120)
 def test_sigkill_after_several_checkpoints_then_resume_is_exact(algo, tmp_path):
     steps = 1200
     ref, run = tmp_path / "ref", tmp_path / "run"

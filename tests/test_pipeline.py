@@ -61,6 +61,7 @@ def test_lint_is_clean(tmp_path):
     assert result.returncode == 0 and "Lints for" not in result.stdout + result.stderr, result.stdout
 
 
+@pytest.mark.long(180)
 def test_tiny_grid_end_to_end(tmp_path):
     """Acceptance 2: 2 algorithms x 1 env x 2 seeds through snakemake; the table against the runs' files."""
     config = write_config(tmp_path, TINY_CONFIG)
@@ -102,6 +103,7 @@ def plan(clone: Path, config: Path) -> list[tuple[str, str]]:
     return planned_jobs(result.stdout)
 
 
+@pytest.mark.long(280)
 def test_fresh_clone_reruns_exactly_what_changed(tmp_path):
     """Acceptance 4, on what is committed: results made and committed in one clone plan nothing in a
     fresh clone; an algorithm's edit plans only its runs and what depends on them (and they train
