@@ -97,3 +97,27 @@ def check_table(results: Path, config: dict) -> pd.DataFrame:
         np.testing.assert_allclose(table[column], expected[column], atol=1e-4, err_msg=column)
     assert (table["iqm_ci_low"] <= table["iqm"] + 1e-4).all() and (table["iqm"] <= table["iqm_ci_high"] + 1e-4).all()
     return table
+
+
+def write_run(root, env, algo, seed, score, status="complete", steps=600):
+    """A run directory as `qvpo train` + the workflow leave it, with made-up numbers."""
+    run = root / env / algo / f"seed{seed}"
+    run.mkdir(parents=True)
+    meta = {"algo": algo, "env": env, "seed": seed, "status": status, "steps": steps, "step": steps,
+            "wall_time_s": 10.0 * (seed + 1)}
+    (run / "meta.json").write_text(json.dumps(meta))
+    (run / "config.yaml").write_text(yaml.safe_dump({"algo": algo, "env": env, "seed": seed,
+                                                     "settings": {"eval_every": 200}}))
+    (run / "final-0123456789abcdef.json").write_text(json.dumps(
+        {"step": steps, "status": status, "episodes": 10, "return_mean": score, "return_std": 1.0}))
+    steps_logged = np.arange(200, steps + 1, 200)
+    pd.DataFrame({"step": steps_logged, "return_mean": score * steps_logged / steps, "return_std": 1.0,
+                  "episodes": 10, "wall_time_s": 1.0}).to_csv(run / "eval.csv", index=False)
+    episodes = np.arange(20, steps + 1, 20)
+    pd.DataFrame({"step": episodes, "episode_return": score * episodes / steps + seed,
+                  "episode_length": 20}).to_csv(run / "train.csv", index=False)
+    rng = np.random.default_rng(seed)
+    rows = [{"step": s, "sample": j, "a0": x, "a1": y} for s in (200, 400, 600)
+            for j, (x, y) in enumerate(rng.uniform(-1, 1, size=(50, 2)))]
+    pd.DataFrame(rows).to_csv(run / "actions.csv", index=False)
+    return run

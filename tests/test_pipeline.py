@@ -9,8 +9,10 @@ import subprocess
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
-from pipeline_helpers import PROJECT, TINY_CONFIG, check_table, job_counts, planned_jobs, snakemake, write_config
+from pipeline_helpers import (PROJECT, TINY_CONFIG, check_table, job_counts, planned_jobs, snakemake, write_config,
+                              write_run)
 
 
 def test_paper_table_plans_175_training_jobs_quickly(tmp_path):
@@ -149,3 +151,28 @@ def test_fresh_clone_reruns_exactly_what_changed(tmp_path):
         f.write("\n# an edit to the plotting code\n")
     assert sorted(rule for rule, _ in plan(clone, config)) == ["plot", "provenance"]
     shutil.rmtree(tmp_path / "first")
+
+
+def test_progress_reports_the_complete_runs_and_trains_nothing(tmp_path):
+    """`snakemake progress` on a grid with one run unfinished: the table and figures of the other three under
+    progress/, the left-out run named in the log, and no job of any other rule."""
+    runs = tmp_path / "results" / "tiny" / "runs"
+    scores = {("sac", 0): 10.0, ("sac", 1): 30.0, ("td3", 0): 20.0}
+    for (algo, seed), score in scores.items():
+        write_run(runs, "InvertedPendulum-v5", algo, seed, score)
+    write_run(runs, "InvertedPendulum-v5", "td3", 1, 99.0, status="running")
+    config = write_config(tmp_path, TINY_CONFIG)
+    result = snakemake(tmp_path, "--cores", "1", "progress", "--configfile", str(config))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "rule progress" in result.stdout + result.stderr
+    assert not any(f"rule {r}:" in result.stdout + result.stderr for r in ("train", "evaluate", "aggregate", "plot"))
+    progress = tmp_path / "results" / "tiny" / "progress"
+    table = pd.read_csv(progress / "table.csv").set_index("algo")
+    assert table.loc["sac", "mean"] == 20.0 and table.loc["sac", "n_seeds"] == 2
+    assert table.loc["td3", "mean"] == 20.0 and table.loc["td3", "n_seeds"] == 1
+    assert "1 run(s) of the grid were missing or unfinished" in (progress / "table.md").read_text()
+    log = (tmp_path / "results" / "tiny" / "logs" / "progress.log").read_text()
+    assert "(InvertedPendulum-v5, td3, 1)" in log
+    for name in ("eval", "train"):
+        assert (progress / "figures" / f"{name}.png").stat().st_size > 0
+    assert not (tmp_path / "results" / "tiny" / "logs" / "train").exists()

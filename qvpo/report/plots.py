@@ -93,9 +93,11 @@ def curves_figure(data: pd.DataFrame, algos: list[str], ylabel: str, title: str)
     for ax in list(axes.flat)[len(envs):]:
         ax.set_visible(False)
     handles = [Line2D([], [], color=palette[a], label=a) for a in algos if a in set(data["algo"])]
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 7), frameon=False)
-    fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.08 if rows == 1 else 0.05, 1, 1))
+    ncol = min(len(handles), 4 * cols)  # about four entries fit beside each other per panel's width
+    fig.legend(handles=handles, loc="lower center", ncol=ncol, frameon=False)
+    fig.suptitle(title, wrap=True)  # wrapped: a one-panel figure is narrower than most titles
+    legend_rows = -(-len(handles) // ncol)
+    fig.tight_layout(rect=(0, (0.08 if rows == 1 else 0.05) * legend_rows, 1, 1))
     return fig
 
 
@@ -131,6 +133,6 @@ def bandit_figure(runs: list[Run], algos: list[str], snapshots: int, title: str)
             ax.set_title(f"step {step:,}" if i == 0 else "")
             ax.set_ylabel(f"{algo}\n$a_1$" if j == 0 else "")
             ax.set_xlabel("$a_0$" if i == len(shown) - 1 else "")
-    fig.suptitle(title)
+    fig.suptitle(title, wrap=True)
     fig.tight_layout()
     return fig

@@ -9,6 +9,7 @@ evaluated and removes stale ones).
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,6 +95,8 @@ def complete_runs(root: Path, grid: list[tuple[str, str, int]], allow_missing: b
     if missing and not allow_missing:
         raise UserError(f"{len(missing)} of {len(grid)} runs under {root} are missing or unfinished: "
                         f"{'; '.join(missing)} (pass --allow-missing to report the others)")
+    if missing:
+        print(f"qvpo: leaving out {len(missing)} of {len(grid)} runs: {'; '.join(missing)}", file=sys.stderr)
     if not runs:
         raise UserError(f"no complete runs under {root} for this grid")
     return runs

@@ -176,13 +176,13 @@ def grid_arguments(grid: str) -> list[str]:
     return args
 
 
-def report_command(product: str) -> list[str]:
-    """The `qvpo aggregate` (product "table") or `qvpo plot` command line that makes `product`."""
+def report_command(product: str, out_root: str = ROOT) -> list[str]:
+    """The `qvpo aggregate` (product "table") or `qvpo plot` command line that makes `product` under out_root."""
     if product == "table":
-        return ["aggregate", *grid_arguments("table"), "--out-dir", ROOT,
+        return ["aggregate", *grid_arguments("table"), "--out-dir", out_root,
                 "--title", f"Results of the {config['preset']} preset", "--note", config["description"]]
     figure = FIGURES[product]
-    args = ["plot", figure["kind"], *grid_arguments(figure["grid"]), "--out", f"{ROOT}/figures/{product}",
+    args = ["plot", figure["kind"], *grid_arguments(figure["grid"]), "--out", f"{out_root}/figures/{product}",
             "--title", figure["title"]]
     for option in ("window", "snapshots"):
         if option in figure:
