@@ -1,7 +1,7 @@
 # Reproduce QVPO (NeurIPS 2024) and its baselines: train -> evaluate -> aggregate -> plot.
 #   snakemake --cores 8 results/table.csv                  the paper's table (config/config.yaml)
 #   snakemake --cores 2 --configfile config/quick.yaml     the quick preset: table and figures
-#   snakemake progress --configfile config/cpu.yaml        a long preset's table and figures so far
+#   snakemake --cores 1 progress --configfile config/cpu.yaml   a long preset's table and figures so far
 # Each rule runs one `qvpo` subcommand. Reruns follow content hashes in file names (see
 # workflow/rules/common.smk) when the target is a rule: all (the default), table or figures;
 # a file target such as results/table.csv is made when missing but not remade after a change.
