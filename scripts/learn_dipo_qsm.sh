@@ -12,6 +12,9 @@
 #   - QSM: T = 5 is already the authors' value; 30,000 steps at ~45 ms per update ~21 min.
 # Everything else is the authors' default (InvertedPendulum is not in DIPO's per-env README table, so DIPO
 # runs its main.py defaults; the memory write-back stays off, as the authors' code behaves).
+# The runs go into the cpu preset's run directories (results/cpu/runs/), whose settings are these, so the
+# pipeline adopts them (snakemake --configfile config/cpu.yaml); the QSM seeds 0 and 1 under results/learning/
+# were made by this script's earlier version, on older code.
 # Never start it beside another copy of itself: two processes must not train into one run directory.
 # Resumable: rerunning skips complete runs and resumes interrupted ones (qvpo train does that); checkpoints
 # every 2,500 steps so that a run stopped on this shared machine loses little.
@@ -19,7 +22,7 @@
 # beside the run directories)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT=results/learning
+ROOT=results/cpu/runs
 ENV=InvertedPendulum-v5
 THREADS=${THREADS:-1}
 
@@ -30,7 +33,7 @@ train() {  # algo seed steps [--set ...]
   shift 3
   qvpo train --algo "$algo" --env "$ENV" --seed "$seed" --steps "$steps" --out "$ROOT/$ENV/$algo/seed$seed" \
     --set warmup_steps=2500 --set eval_every=2500 --set eval_episodes=10 --set checkpoint_every=2500 \
-    "$@" --threads "$THREADS" --progress log > "$ROOT/$ENV/$algo-seed$seed.log" 2>&1
+    "$@" --threads "$THREADS" --progress log > "results/learning/$ENV/$algo-seed$seed.log" 2>&1
 }
 export -f train
 export ROOT ENV THREADS
@@ -41,4 +44,4 @@ mkdir -p "$ROOT/$ENV"
   for seed in 0 1 2; do echo "dipo $seed 20000 --set diffusion_steps=5 --set action_gradient_steps=5"; done
   for seed in 0 1 2; do echo "qsm $seed 30000"; done
 } | xargs -P "$JOBS" -L 1 bash -c 'train "$@"' _
-python scripts/summarize_learning.py "$ROOT/$ENV/dipo" "$ROOT/$ENV/qsm" --out "$ROOT/dipo_qsm_summary.csv"
+python scripts/summarize_learning.py "$ROOT/$ENV/dipo" "$ROOT/$ENV/qsm" --out results/learning/dipo_qsm_summary.csv
