@@ -31,5 +31,6 @@ for seed in 0 1 2; do
   train HalfCheetah-v5 sac "$seed" 100000 10000 5000
   train HalfCheetah-v5 td3 "$seed" 100000 10000 10000
 done
-python scripts/summarize_learning.py "$ROOT"/InvertedPendulum-v5/{sac,td3,td3_warmup1000} "$ROOT"/HalfCheetah-v5/{sac,td3} \
+python scripts/summarize_learning.py "$ROOT"/InvertedPendulum-v5/td3_warmup1000 --out "$ROOT/td3_warmup1000_summary.csv"
+python scripts/summarize_learning.py "$ROOT"/InvertedPendulum-v5/{sac,td3} "$ROOT"/HalfCheetah-v5/{sac,td3} \
   --out "$ROOT/sac_td3_summary.csv"
