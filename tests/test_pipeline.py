@@ -97,9 +97,10 @@ def git(cwd: Path, *args: str) -> str:
     return out.stdout
 
 
-def plan(clone: Path, config: Path) -> list[tuple[str, str]]:
-    """The jobs a dry run plans in `clone`, with the clone's own qvpo package and Snakefile."""
-    result = snakemake(clone, "-n", "--configfile", str(config), snakefile=clone / "Snakefile",
+def plan(clone: Path, config: Path, *targets: str) -> list[tuple[str, str]]:
+    """The jobs a dry run plans in `clone` (of `targets`, or the default one), with the clone's own qvpo
+    package and Snakefile."""
+    result = snakemake(clone, "-n", *targets, "--configfile", str(config), snakefile=clone / "Snakefile",
                        env={"PYTHONPATH": str(clone)})
     assert result.returncode == 0, result.stderr
     return planned_jobs(result.stdout)
@@ -136,6 +137,10 @@ def test_fresh_clone_reruns_exactly_what_changed(tmp_path):
     jobs = plan(clone, config)
     assert sorted(rule for rule, _ in jobs) == ["aggregate", "evaluate", "plot", "train"]
     assert all("/sac/" in output for rule, output in jobs if rule in ("train", "evaluate"))
+    table_jobs = plan(clone, config, "results/mini/table.csv")  # the brief's file target reruns too
+    assert sorted({rule for rule, _ in table_jobs}) == ["aggregate", "evaluate", "train"]
+    assert [output for rule, output in table_jobs if rule == "train"] == [
+        output for rule, output in jobs if rule == "train"]
 
     made = snakemake(clone, "--cores", "2", "--configfile", str(config), snakefile=clone / "Snakefile",
                      env={"PYTHONPATH": str(clone)})

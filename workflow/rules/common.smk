@@ -8,8 +8,11 @@ files, so a changed hash means a missing file and the jobs that make it and foll
   env, seed, steps, settings) and the code hash of that algorithm (qvpo.runlog.code_hash:
   its module and the shared ones). Edit sac.py and only sac runs get new keys.
 - Its final evaluation final-<key>.json: key = hash of the marker's key and the episodes.
-- The table and each figure depend on provenance/<product>-<hash>.json: hash of the
-  qvpo.report code the command runs and its arguments. Edit plots.py and only figures rerun.
+- Each figure depends on provenance/<figure>-<hash>.json: hash of the qvpo.report code the
+  command runs and its arguments. Edit plots.py and only figures rerun.
+- The table writes provenance/table-<hash>.json itself, its hash also covering the runs'
+  final-<key>.json names: a changed run or report command leaves that output missing, so even
+  the file target results/table.csv reruns aggregate and, before it, the runs it reads.
 """
 import hashlib
 import json
@@ -192,7 +195,10 @@ def report_command(product: str, out_root: str = ROOT) -> list[str]:
 
 def provenance(product: str) -> dict:
     command = report_command(product)
-    return {"product": product, "command": ["qvpo", *command], "code_hash": report_code_hash(command[0])}
+    record = {"product": product, "command": ["qvpo", *command], "code_hash": report_code_hash(command[0])}
+    if product == "table":  # the table's record is its own output: a new run makes it missing (see aggregate)
+        record["runs"] = [final_file(*run) for run in grid_runs("table")]
+    return record
 
 
 def provenance_file(product: str) -> str:
