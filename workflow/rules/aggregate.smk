@@ -2,6 +2,7 @@ rule aggregate:
     """table.csv and table.md: each (env, algo)'s final returns over seeds, beside the paper's."""
     input:
         finals=table_inputs,
+        sources=report_sources("table"),
     output:
         csv=report(f"{ROOT}/table.csv", caption="../report/table.rst", category="Table"),
         md=f"{ROOT}/table.md",

@@ -30,6 +30,7 @@ from qvpo import algos as registry
 from qvpo import runlog
 from qvpo.errors import UserError
 from qvpo.report import code_hash as report_code_hash
+from qvpo.report import sources as report_sources_of
 from qvpo.settings import as_dict, resolve
 
 # The hashes must be of the code this checkout runs, not of another installed copy.
@@ -203,6 +204,19 @@ def provenance(product: str) -> dict:
 
 def provenance_file(product: str) -> str:
     return f"{ROOT}/provenance/{product}-{short_hash(provenance(product))}.json"
+
+
+def report_sources(product: str) -> list[str]:
+    """Files whose edit can change `product`: its report code, the training code of its grid's algorithms
+    and the config files. Plain (not ancient) inputs of its job, because a file target such as
+    results/table.csv that exists is rerun only for an input newer than it: a newer source reruns it,
+    and the runs it then misses are made first. A fresh clone checks out config/ and qvpo/ before
+    results/, so it reruns nothing."""
+    command = report_command(product)[0]
+    grid = "table" if product == "table" else FIGURES[product]["grid"]
+    algos = sorted({base_algo(algo) for _, algo, _ in grid_runs(grid)})
+    files = [*report_sources_of(command), *(f for algo in algos for f in runlog.training_sources(algo))]
+    return sorted({str(f) for f in files} | {str(Path(f).resolve()) for f in workflow.configfiles})
 
 
 def table_inputs(wildcards) -> list:
