@@ -40,3 +40,71 @@ def code_hash(command: str) -> str:
     for path in sources(command):
         h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()[:16]
+
+
+def add_grid_arguments(p) -> None:
+    p.add_argument("--runs", type=Path, required=True, help="runs root: RUNS/<env>/<algo>/seed<S>/")
+    p.add_argument("--block", nargs=3, action="append", required=True, metavar=("ENVS", "ALGOS", "SEEDS"),
+                   help="runs ENVS x ALGOS x SEEDS, each comma-separated (repeatable: the grid is the union); "
+                        "algorithms or variants in the order to show them")
+    p.add_argument("--title", default="QVPO reproduction")
+    p.add_argument("--allow-missing", action="store_true", help="report the complete runs, leave out the others")
+
+
+def add_report_commands(sub) -> None:
+    """Register the report subcommands (aggregate, plot) on the `qvpo` parser."""
+    a = sub.add_parser("aggregate", help="write table.csv and table.md from a grid's final evaluations")
+    add_grid_arguments(a)
+    a.add_argument("--out-dir", type=Path, required=True, help="where table.csv and table.md go")
+    a.add_argument("--note", action="append", default=[], help="a line for table.md's header (repeatable)")
+    a.set_defaults(handler=cmd_aggregate)
+
+    p = sub.add_parser("plot", help="draw one figure (STEM.png and STEM.pdf) from a grid's runs")
+    p.add_argument("kind", choices=["eval-curves", "train-curves", "bandit-actions"])
+    add_grid_arguments(p)
+    p.add_argument("--out", type=Path, required=True, help="STEM of the files STEM.png and STEM.pdf")
+    p.add_argument("--window", type=int, default=5000, help="train-curves: smoothing window in steps "
+                                                            "(the paper: 5000)")
+    p.add_argument("--snapshots", type=int, default=4, help="bandit-actions: recorded steps to show")
+    p.set_defaults(handler=cmd_plot)
+
+
+def cmd_aggregate(args) -> int:
+    from qvpo.report import table
+    from qvpo.report.runs import complete_runs, grid_runs
+
+    grid = grid_runs(args.block)
+    runs = complete_runs(args.runs, grid, args.allow_missing, need_final=True)
+    summary = table.summarize(runs)
+    envs, algos = ordered(grid)
+    md = table.markdown(summary, runs, envs, algos, args.title, args.note, len(grid) - len(runs))
+    table.write(summary, md, args.out_dir)
+    print(f"qvpo: wrote {args.out_dir / 'table.csv'} and table.md from {len(runs)} runs")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from qvpo.errors import UserError
+    from qvpo.report import plots
+    from qvpo.report.runs import complete_runs, grid_runs
+
+    if args.snapshots <= 0:
+        raise UserError(f"--snapshots must be positive, got {args.snapshots}")
+    grid = grid_runs(args.block)
+    runs = complete_runs(args.runs, grid, args.allow_missing)
+    _, algos = ordered(grid)
+    if args.kind == "eval-curves":
+        fig = plots.curves_figure(plots.eval_curves(runs), algos, "evaluation return", args.title)
+    elif args.kind == "train-curves":
+        fig = plots.curves_figure(plots.train_curves(runs, args.window), algos,
+                                  f"episode return ({args.window:,}-step window)", args.title)
+    else:
+        fig = plots.bandit_figure(runs, algos, args.snapshots, args.title)
+    paths = plots.save(fig, args.out)
+    print(f"qvpo: wrote {' and '.join(map(str, paths))}")
+    return 0
+
+
+def ordered(grid: list[tuple[str, str, int]]) -> tuple[list[str], list[str]]:
+    """The grid's envs and algorithms in the order they first appear."""
+    return list(dict.fromkeys(env for env, _, _ in grid)), list(dict.fromkeys(algo for _, algo, _ in grid))
