@@ -9,7 +9,9 @@
 #   - DIPO: 20,000 steps; T = 5 denoising steps instead of 100 (T = 100 costs ~340 ms per update, T = 5
 #     ~26 ms without the action gradient); 5 action-gradient steps instead of 20 (each costs ~7 ms, two thirds
 #     of it the twin critics' Mish): ~60 ms per update, 17,500 updates ~18 min;
-#   - QSM: T = 5 is already the authors' value; 30,000 steps at ~45 ms per update ~21 min.
+#   - QSM: T = 5 is already the authors' value; 30,000 steps at ~45 ms per update ~21 min. Every 2,500 steps it
+#     records 200 actions of its policy at the current state (actions.csv): the share at +-1 shows whether the
+#     sampler saturates, as an actor loss of ~3e4 (targets of M_q = 50 times the critics' gradient) suggests.
 # Everything else is the authors' default (InvertedPendulum is not in DIPO's per-env README table, so DIPO
 # runs its main.py defaults; the memory write-back stays off, as the authors' code behaves).
 # The runs go into the cpu preset's run directories (results/cpu/runs/), whose settings are these, so the
@@ -42,6 +44,6 @@ mkdir -p "$ROOT/$ENV"
 # One queue, $JOBS runs at a time (2 cores: more would only slow each run down).
 {
   for seed in 0 1 2; do echo "dipo $seed 20000 --set diffusion_steps=5 --set action_gradient_steps=5"; done
-  for seed in 0 1 2; do echo "qsm $seed 30000"; done
+  for seed in 0 1 2; do echo "qsm $seed 30000 --set record_actions_every=2500 --set record_actions_n=200"; done
 } | xargs -P "$JOBS" -L 1 bash -c 'train "$@"' _
 python scripts/summarize_learning.py "$ROOT/$ENV/dipo" "$ROOT/$ENV/qsm" --out results/learning/dipo_qsm_summary.csv

@@ -7,7 +7,9 @@ directory has meta.json and eval.csv). The CSV has one row per run, then one row
 (env, algo) whose seed is "mean": last3_return_mean is the mean over its runs and
 last3_return_std their (population) std. A run with fewer than three evaluations averages
 the ones it has; `evals` says how many, `status` and `step` come from its meta.json, so an
-unfinished run shows as such. The table is also printed.
+unfinished run shows as such. A run that recorded its policy's actions (actions.csv) also gets
+`saturated_last`: the share of the action components of its last recorded sample at |a| >= 0.99,
+the bounds a sampler that clips reaches when it saturates. The table is also printed.
 """
 from __future__ import annotations
 
@@ -20,7 +22,10 @@ from pathlib import Path
 
 LAST = 3
 """Evaluations averaged per run (the issue's learning-check criterion)."""
-COLUMNS = ["env", "algo", "seed", "runs", "status", "step", "evals", "last3_return_mean", "last3_return_std"]
+COLUMNS = ["env", "algo", "seed", "runs", "status", "step", "evals", "last3_return_mean", "last3_return_std",
+           "saturated_last"]
+SATURATED = 0.99
+"""|a| from which an action component counts as at the bound of [-1, 1]."""
 
 
 def run_dirs(root: Path) -> list[Path]:
@@ -44,7 +49,22 @@ def summarize_run(run: Path) -> dict:
     last = returns[-LAST:]
     return {"env": meta["env"], "algo": meta["algo"], "seed": meta["seed"], "runs": 1, "status": meta.get("status"),
             "step": meta.get("step"), "evals": len(returns),
-            "last3_return_mean": statistics.fmean(last) if last else None, "last3_return_std": None}
+            "last3_return_mean": statistics.fmean(last) if last else None, "last3_return_std": None,
+            "saturated_last": saturated_share(run / "actions.csv")}
+
+
+def saturated_share(actions_csv: Path) -> float | None:
+    """Share of the components of the last recorded action sample with |a| >= SATURATED (None: no record)."""
+    if not actions_csv.exists():
+        return None
+    with open(actions_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return None
+    last_step = max(int(r["step"]) for r in rows)
+    values = [abs(float(v)) for r in rows if int(r["step"]) == last_step
+              for k, v in r.items() if k.startswith("a")]
+    return sum(v >= SATURATED for v in values) / len(values)
 
 
 def aggregate(rows: list[dict]) -> list[dict]:
@@ -59,8 +79,14 @@ def aggregate(rows: list[dict]) -> list[dict]:
                     "status": statuses.pop() if len(statuses) == 1 else "mixed",
                     "step": min(r["step"] or 0 for r in runs), "evals": min(r["evals"] for r in runs),
                     "last3_return_mean": statistics.fmean(values) if values else None,
-                    "last3_return_std": statistics.pstdev(values) if values else None})
+                    "last3_return_std": statistics.pstdev(values) if values else None,
+                    "saturated_last": mean_or_none([r["saturated_last"] for r in runs])})
     return out
+
+
+def mean_or_none(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         value = "n/a" if r["last3_return_mean"] is None else f"{r['last3_return_mean']:.1f}"
         print(f"{r['env']:24} {r['algo']:6} seed {str(r['seed']):5} step {r['step']:>8} {r['status']:11} "
-              f"last {LAST} evals: {value}", file=sys.stdout)
+              f"last {LAST} evals: {value}"
+              + ("" if r["saturated_last"] is None else f", actions at +-1: {r['saturated_last']:.0%}"), file=sys.stdout)
     return 0
 
 
