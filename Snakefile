@@ -3,8 +3,8 @@
 #   snakemake --cores 2 --configfile config/quick.yaml     the quick preset: table and figures
 #   snakemake --cores 1 progress --configfile config/cpu.yaml   a long preset's table and figures so far
 # Each rule runs one `qvpo` subcommand. Reruns follow content hashes in file names (see
-# workflow/rules/common.smk) when the target is a rule: all (the default), table or figures;
-# a file target such as results/table.csv is made when missing but not remade after a change.
+# workflow/rules/common.smk), for the rules all (the default), table and figures as for a file
+# target such as results/table.csv, whose job also lists its source files as inputs.
 from snakemake.utils import min_version, validate
 
 min_version("9.0")

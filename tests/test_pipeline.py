@@ -63,7 +63,7 @@ def test_lint_is_clean(tmp_path):
     assert result.returncode == 0 and "Lints for" not in result.stdout + result.stderr, result.stdout
 
 
-@pytest.mark.long(180)
+@pytest.mark.long(210)
 def test_tiny_grid_end_to_end(tmp_path):
     """Acceptance 2: 2 algorithms x 1 env x 2 seeds through snakemake; the table against the runs' files."""
     config = write_config(tmp_path, TINY_CONFIG)
@@ -81,6 +81,15 @@ def test_tiny_grid_end_to_end(tmp_path):
         os.utime(path, (later, later))
     again = snakemake(tmp_path, "-n", "--configfile", str(config))
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+    # fewer steps asked of a complete run: it is retrained to them, not taken as done at its 300
+    shorter = write_config(tmp_path, {**TINY_CONFIG, "defaults": {**TINY_CONFIG["defaults"], "steps": 200},
+                                      "grids": {"table": [{"envs": ["InvertedPendulum-v5"], "algos": ["sac"],
+                                                           "seeds": [0]}]}}, "shorter.yaml")
+    result = snakemake(tmp_path, "--cores", "1", "table", "--configfile", str(shorter))
+    assert result.returncode == 0, result.stderr[-3000:]
+    meta = json.loads((results / "runs/InvertedPendulum-v5/sac/seed0/meta.json").read_text())
+    assert meta["step"] == 200 and meta["status"] == "complete" and meta["resumed_from_step"] == []
 
 
 # ---------------------------------------------------------------- reruns after a clone

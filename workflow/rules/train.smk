@@ -28,10 +28,14 @@ rule train:
         run=$(dirname {output.done:q})
         # markers of an earlier request of this run no longer describe it
         rm -f "$run/done-"*.json "$run/final-"*.json
-        # a run directory of this identity resumes (a retry after a preemption or time limit);
-        # anything else (older code or settings) is replaced by a fresh run
+        # a run directory of this identity and no further than the steps asked for resumes (a retry
+        # after a preemption or time limit); anything else (older code or settings, or a longer run
+        # that qvpo train would take as complete) is replaced by a fresh run
         restart=--restart
-        if grep -qs '"identity": "{params.identity}"' "$run/meta.json"; then restart=; fi
+        step=$(grep -so '"step": [0-9]*' "$run/meta.json" | grep -o '[0-9]*$' || true)
+        if grep -qs '"identity": "{params.identity}"' "$run/meta.json" && [ "${{step:-0}}" -le {params.steps} ]; then
+            restart=
+        fi
         qvpo train --algo {params.algo} --env {wildcards.env} --seed {wildcards.seed} \
             --steps {params.steps} --out "$run" {params.sets} --device {params.device} \
             --threads {threads} --progress log $restart > {log:q} 2>&1
