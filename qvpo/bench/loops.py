@@ -103,25 +103,28 @@ def sb3_available() -> str | None:
     return stable_baselines3.__version__
 
 
-def sb3_model(algo: str, w: Window, total: int):
+def sb3_model(algo: str, w: Window, total: int, env_id: str = ENV_ID, seed: int = 0):
     """SB3's algorithm configured as close to ours as it allows (DIFFERENCES lists what is not)."""
+    import gymnasium as gym
     import numpy as np
     from stable_baselines3 import PPO, SAC, TD3
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.noise import NormalActionNoise
     from stable_baselines3.common.vec_env import VecNormalize
 
-    common = dict(seed=0, device="cpu", verbose=0)
+    common = dict(seed=seed, device="cpu", verbose=0)
+    with gym.make(env_id) as probe:
+        act_dim = probe.action_space.shape[0]
     if algo == "sac":
-        return SAC("MlpPolicy", ENV_ID, learning_rate=3e-4, buffer_size=total, learning_starts=w.warmup,
+        return SAC("MlpPolicy", env_id, learning_rate=3e-4, buffer_size=total, learning_starts=w.warmup,
                    batch_size=256, tau=0.005, gamma=0.99, train_freq=1, gradient_steps=1, ent_coef="auto",
                    target_update_interval=1, policy_kwargs=dict(net_arch=[256, 256]), **common)
     if algo == "td3":
-        return TD3("MlpPolicy", ENV_ID, learning_rate=3e-4, buffer_size=total, learning_starts=w.warmup,
+        return TD3("MlpPolicy", env_id, learning_rate=3e-4, buffer_size=total, learning_starts=w.warmup,
                    batch_size=256, tau=0.005, gamma=0.99, train_freq=1, gradient_steps=1, policy_delay=2,
-                   action_noise=NormalActionNoise(np.zeros(3), 0.1 * np.ones(3)), target_policy_noise=0.2,
+                   action_noise=NormalActionNoise(np.zeros(act_dim), 0.1 * np.ones(act_dim)), target_policy_noise=0.2,
                    target_noise_clip=0.5, policy_kwargs=dict(net_arch=[256, 256]), **common)
-    env = VecNormalize(make_vec_env(ENV_ID, n_envs=1, seed=0), norm_obs=True, norm_reward=True, clip_obs=10.0,
+    env = VecNormalize(make_vec_env(env_id, n_envs=1, seed=seed), norm_obs=True, norm_reward=True, clip_obs=10.0,
                        clip_reward=10.0, gamma=0.99)
     return PPO("MlpPolicy", env, learning_rate=lambda remaining: 3e-4 * remaining, n_steps=w.rollout,
                batch_size=w.rollout // w.minibatches, n_epochs=w.epochs, gamma=0.99, gae_lambda=0.95,

@@ -25,4 +25,11 @@ stop slurmctld "$DIR/run/slurmctld.pid" || status=1
 if [ "${1:-}" != --keep-munge ] && [ -e "$DIR/run/munged.ours" ]; then
   stop munged /run/munge/munged.pid && rm -f "$DIR/run/munged.ours" || status=1
 fi
+# Remove the slurm.conf start-local-slurm.sh wrote (its first line says so): with it and no controller, every
+# `scontrol` waits about 9 s, and so does every snakemake start here (its slurm executor plugin runs
+# `scontrol show config` when loaded); without it they fail at once.
+CONF=/etc/slurm/slurm.conf
+if [ $status = 0 ] && [ "$(head -n1 "$CONF" 2>/dev/null)" = "# written by scripts/slurm/start-local-slurm.sh" ]; then
+  rm -f "$CONF" && echo "[stop-local-slurm] removed $CONF"
+fi
 exit $status
