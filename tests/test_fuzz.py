@@ -10,7 +10,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
-from snakemake.utils import validate
+from snakemake.utils import update_config, validate
 from snakemake_interface_common.exceptions import WorkflowError
 
 from pipeline_helpers import PROJECT, TINY_CONFIG, snakemake, write_config
@@ -66,10 +66,11 @@ def test_generated_config_files_run_or_fail_in_one_line(algo, text, tmp_path_fac
 
 
 # ---------------------------------------------------------------- the workflow's schema
-def merged(edit: dict) -> dict:
-    """What Snakemake validates: config/config.yaml with a preset's keys laid over it."""
+def merged(*edits: dict) -> dict:
+    """What Snakemake validates: config/config.yaml with each preset's keys laid over it, as Snakemake lays them."""
     config = yaml.safe_load((PROJECT / "config" / "config.yaml").read_text())
-    config.update(copy.deepcopy(edit))
+    for edit in edits:
+        update_config(config, copy.deepcopy(edit))
     return config
 
 
@@ -132,8 +133,8 @@ def test_generated_workflow_configs_validate_or_name_the_place(edits):
 
 
 def test_the_schema_accepts_every_shipped_config():
-    for preset in ("quick.yaml", "cpu.yaml"):
-        config = merged(yaml.safe_load((PROJECT / "config" / preset).read_text()))
+    for preset in (["quick.yaml"], ["cpu.yaml"], ["cpu.yaml", "cpu-bf16.yaml"]):
+        config = merged(*(yaml.safe_load((PROJECT / "config" / f).read_text()) for f in preset))
         validate(config, SCHEMA)
         assert all(SAFE_NAME.match(n) for n in names_reaching_paths(config))
 

@@ -39,9 +39,9 @@ def test_every_figure_adds_the_ablation_runs(tmp_path):
     assert counts["plot"] == 6
 
 
-@pytest.mark.parametrize("preset", ["quick.yaml", "cpu.yaml"])
+@pytest.mark.parametrize("preset", [["quick.yaml"], ["cpu.yaml"], ["cpu.yaml", "cpu-bf16.yaml"]])
 def test_presets_plan(tmp_path, preset):
-    result = snakemake(tmp_path, "-n", "--quiet", "rules", "--configfile", str(PROJECT / "config" / preset))
+    result = snakemake(tmp_path, "-n", "--quiet", "rules", "--configfile", *(str(PROJECT / "config" / f) for f in preset))
     assert result.returncode == 0, result.stderr
     assert job_counts(result.stdout)["train"] > 0
 
