@@ -9,7 +9,8 @@ last3_return_std their (population) std. A run with fewer than three evaluations
 the ones it has; `evals` says how many, `status` and `step` come from its meta.json, so an
 unfinished run shows as such. A run that recorded its policy's actions (actions.csv) also gets
 `saturated_last`: the share of the action components of its last recorded sample at |a| >= 0.99,
-the bounds a sampler that clips reaches when it saturates. The table is also printed.
+the bounds a sampler that clips reaches when it saturates. A run whose evaluations also scored one policy sample
+per state (QVPO's K = 1, eval.csv return_mean_single) gets last3_single_mean alike. The table is also printed.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from pathlib import Path
 LAST = 3
 """Evaluations averaged per run (the issue's learning-check criterion)."""
 COLUMNS = ["env", "algo", "seed", "runs", "status", "step", "evals", "last3_return_mean", "last3_return_std",
-           "saturated_last"]
+           "last3_single_mean", "last3_single_std", "saturated_last"]
 SATURATED = 0.99
 """|a| from which an action component counts as at the bound of [-1, 1]."""
 
@@ -39,18 +40,24 @@ def run_dirs(root: Path) -> list[Path]:
 
 def summarize_run(run: Path) -> dict:
     meta = json.loads((run / "meta.json").read_text())
-    returns = []
+    returns, singles = [], []
     with open(run / "eval.csv", newline="") as f:
         for row in csv.DictReader(f):
             try:
                 returns.append(float(row["return_mean"]))
             except (TypeError, ValueError):  # a row cut short by a kill
                 continue
-    last = returns[-LAST:]
+            if row.get("return_mean_single"):
+                singles.append(float(row["return_mean_single"]))
     return {"env": meta["env"], "algo": meta["algo"], "seed": meta["seed"], "runs": 1, "status": meta.get("status"),
             "step": meta.get("step"), "evals": len(returns),
-            "last3_return_mean": statistics.fmean(last) if last else None, "last3_return_std": None,
+            "last3_return_mean": last_mean(returns), "last3_return_std": None,
+            "last3_single_mean": last_mean(singles), "last3_single_std": None,
             "saturated_last": saturated_share(run / "actions.csv")}
+
+
+def last_mean(values: list[float]) -> float | None:
+    return statistics.fmean(values[-LAST:]) if values else None
 
 
 def saturated_share(actions_csv: Path) -> float | None:
@@ -74,12 +81,15 @@ def aggregate(rows: list[dict]) -> list[dict]:
     out = []
     for (env, algo), runs in groups.items():
         values = [r["last3_return_mean"] for r in runs if r["last3_return_mean"] is not None]
+        singles = [r["last3_single_mean"] for r in runs if r["last3_single_mean"] is not None]
         statuses = {r["status"] for r in runs}
         out.append({"env": env, "algo": algo, "seed": "mean", "runs": len(values),
                     "status": statuses.pop() if len(statuses) == 1 else "mixed",
                     "step": min(r["step"] or 0 for r in runs), "evals": min(r["evals"] for r in runs),
                     "last3_return_mean": statistics.fmean(values) if values else None,
                     "last3_return_std": statistics.pstdev(values) if values else None,
+                    "last3_single_mean": statistics.fmean(singles) if singles else None,
+                    "last3_single_std": statistics.pstdev(singles) if singles else None,
                     "saturated_last": mean_or_none([r["saturated_last"] for r in runs])})
     return out
 
@@ -106,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         value = "n/a" if r["last3_return_mean"] is None else f"{r['last3_return_mean']:.1f}"
         print(f"{r['env']:24} {r['algo']:6} seed {str(r['seed']):5} step {r['step']:>8} {r['status']:11} "
               f"last {LAST} evals: {value}"
+              + ("" if r["last3_single_mean"] is None else f", one sample: {r['last3_single_mean']:.1f}")
               + ("" if r["saturated_last"] is None else f", actions at +-1: {r['saturated_last']:.0%}"), file=sys.stdout)
     return 0
 
