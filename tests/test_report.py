@@ -100,6 +100,15 @@ def test_table_marks_the_best_in_bold(tmp_path):
     assert "| Hopper-v5 | 100.0 (0.0) | **300.0 (0.0)** |" in (out / "table.md").read_text()
 
 
+def test_table_marks_every_tied_best_in_bold(tmp_path):
+    root = tmp_path / "runs"
+    for algo, score in (("sac", 300.0), ("td3", 100.0), ("ppo", 300.0)):
+        write_run(root, ENV, algo, 0, score)
+    out = tmp_path / "out"
+    assert main(["aggregate", "--runs", str(root), "--block", ENV, "sac,td3,ppo", "0", "--out-dir", str(out)]) == 0
+    assert "| Hopper-v5 | **300.0 (0.0)** | 100.0 (0.0) | **300.0 (0.0)** |" in (out / "table.md").read_text()
+
+
 def test_missing_and_unfinished_runs_are_named(grid, tmp_path, capsys):
     shutil.rmtree(grid / ENV / "td3" / "seed2")
     meta_path = grid / ENV / "sac" / "seed1" / "meta.json"

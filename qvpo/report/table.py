@@ -100,21 +100,22 @@ def cell(mean: float, std: float) -> str:
 
 
 def grid_table(table: pd.DataFrame, envs: list[str], algos: list[str], value, best_col: str | None) -> list[str]:
-    """A markdown table with envs as rows and algos as columns (the paper's layout); best per row in bold."""
+    """A markdown table with envs as rows and algos as columns (the paper's layout); the best per row in bold,
+    every one of them when several tie (InvertedPendulum's ceiling of 1000 is often reached by many)."""
     lines = ["| Environment | " + " | ".join(algos) + " |", "|---" * (len(algos) + 1) + "|"]
     indexed = table.set_index(["env", "algo"])
     for env in envs:
         present = [a for a in algos if (env, a) in indexed.index]
         if not present:  # an env outside this table's blocks
             continue
-        best = None
+        best = set()
         if best_col is not None:
             column = indexed.loc[[(env, a) for a in present], best_col].dropna()
-            best = column.idxmax()[1] if len(column) else None
+            best = {a for (_, a), v in column.items() if v == column.max()}
         cells = []
         for algo in algos:
             text = value(indexed.loc[(env, algo)]) if algo in present else "-"
-            cells.append(f"**{text}**" if algo == best else text)
+            cells.append(f"**{text}**" if algo in best else text)
         lines.append(f"| {env} | " + " | ".join(cells) + " |")
     return lines
 
@@ -127,7 +128,7 @@ def markdown(table: pd.DataFrame, runs: list[Run], envs: list[str], algos: list[
     lines += [
         (f"- {steps_line(runs)}; a run's score is the mean return of its final evaluation "
          f"({'/'.join(map(str, episodes))} episodes, `qvpo evaluate`, start states unseen in training)."),
-        "- Cells: mean (std) over seeds (std with ddof=0); the best mean per environment in bold.",
+        "- Cells: mean (std) over seeds (std with ddof=0); the best mean per environment in bold (each of a tie).",
         "- Settings changed from each algorithm's defaults: " + "; ".join(settings_changes(runs)) + ".",
         ("- Environments: gymnasium MuJoCo v5. The paper used v3 (mujoco-py), so its numbers are beside ours, "
          "not comparable one to one."),
