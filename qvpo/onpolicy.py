@@ -40,7 +40,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
-from torch.distributions import Normal, kl_divergence
 
 from qvpo.agent import Agent
 from qvpo.envs import Transition
@@ -133,50 +132,80 @@ class OnPolicySettings(CommonSettings):
 class RunningMeanStd(nn.Module):
     """Mean and (population) variance of everything seen, merged batch by batch in float64.
 
-    gymnasium's RunningMeanStd (Chan et al.'s parallel algorithm); buffers, so checkpointed.
+    gymnasium's RunningMeanStd (Chan et al.'s parallel algorithm). Kept on the host as numpy float64, like the
+    environments' numbers it is made of: per environment step it is a dozen operations on a few numbers, where
+    torch's per-operation dispatch costs several times numpy's (measured here: one update 120 us in torch, 25 us
+    in numpy). The same IEEE float64 arithmetic. A module, so checkpoints hold it (as tensors, in its extra state).
     """
 
-    def __init__(self, shape: tuple[int, ...], device: torch.device):
+    def __init__(self, shape: tuple[int, ...]):
         super().__init__()
-        self.register_buffer("mean", torch.zeros(shape, dtype=torch.float64, device=device))
-        self.register_buffer("var", torch.ones(shape, dtype=torch.float64, device=device))
-        self.register_buffer("count", torch.tensor(RMS_INITIAL_COUNT, dtype=torch.float64, device=device))
+        self.mean = np.zeros(shape)
+        self.var = np.ones(shape)
+        self.count = np.float64(RMS_INITIAL_COUNT)
 
-    @torch.no_grad()
-    def update(self, x: torch.Tensor) -> None:
-        """Merge a batch x [B, *shape]."""
-        x = x.to(torch.float64)
+    def update(self, x) -> None:
+        """Merge a batch x [B, *shape] (an array, or a tensor on any device)."""
+        x = host_float64(x)
         n = x.shape[0]
-        delta = x.mean(0) - self.mean
+        batch_mean = np.add.reduce(x, 0) / n  # np.mean and np.var's arithmetic, without their Python overhead
+        batch_var = np.add.reduce(np.square(x - batch_mean), 0) / n
+        delta = batch_mean - self.mean
         total = self.count + n
-        m2 = self.var * self.count + x.var(0, correction=0) * n + delta.square() * self.count * n / total
-        self.mean += delta * n / total
-        self.var.copy_(m2 / total)
-        self.count.copy_(total)
+        m2 = self.var * self.count + batch_var * n + np.square(delta) * self.count * n / total
+        self.mean = self.mean + delta * n / total
+        self.var = m2 / total
+        self.count = total
+
+    def normalize_array(self, x, clip: float) -> np.ndarray:
+        """clip((x - mean) / sqrt(var + eps), +-clip) as float32 (NormalizeObservation, then CleanRL's clip)."""
+        z = (host_float64(x) - self.mean) / np.sqrt(self.var + NORM_EPSILON)
+        return z.astype(np.float32).clip(-clip, clip)
 
     def normalize(self, x: torch.Tensor, clip: float) -> torch.Tensor:
-        """clip((x - mean) / sqrt(var + eps), +-clip) as float32 (NormalizeObservation, then CleanRL's clip)."""
-        return ((x.to(torch.float64) - self.mean) / torch.sqrt(self.var + NORM_EPSILON)).float().clamp(-clip, clip)
+        """normalize_array of a tensor, returned on the tensor's device."""
+        return torch.from_numpy(self.normalize_array(x, clip)).to(x.device)
+
+    def get_extra_state(self) -> dict:
+        return {"mean": torch.tensor(self.mean), "var": torch.tensor(self.var), "count": float(self.count)}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.mean, self.var = host_float64(state["mean"]).copy(), host_float64(state["var"]).copy()
+        self.count = np.float64(state["count"])
+
+
+def host_float64(x) -> np.ndarray:
+    """A float64 numpy array of x (a tensor on any device, or array-like)."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=np.float64)
 
 
 class RewardNormalizer(nn.Module):
-    """gymnasium 1.x NormalizeReward followed by CleanRL's clip, for n envs.
+    """gymnasium 1.x NormalizeReward followed by CleanRL's clip, for n envs (on the host, as RunningMeanStd).
 
     Each env's running return G <- gamma (1 - terminated) G + r restarts only at
     termination (gymnasium's rule: it carries on across a time-limit truncation); the
     reward is divided by the std of all returns seen, not centred (openai/baselines#538).
     """
 
-    def __init__(self, n: int, device: torch.device):
+    def __init__(self, n: int):
         super().__init__()
-        self.register_buffer("ret", torch.zeros(n, dtype=torch.float64, device=device))
-        self.rms = RunningMeanStd((), device)
+        self.ret = np.zeros(n)
+        self.rms = RunningMeanStd(())
 
-    @torch.no_grad()
-    def forward(self, reward: torch.Tensor, terminated: torch.Tensor, gamma: float, clip: float) -> torch.Tensor:
-        self.ret.mul_(gamma * (1.0 - terminated.to(torch.float64))).add_(reward)
+    def forward(self, reward, terminated, gamma: float, clip: float) -> np.ndarray:
+        """The normalised rewards (float32 [n]) of one step's rewards and terminations [n] (arrays or tensors)."""
+        reward = host_float64(reward)
+        self.ret = self.ret * (gamma * (1.0 - host_float64(terminated))) + reward
         self.rms.update(self.ret)
-        return (reward / torch.sqrt(self.rms.var + NORM_EPSILON)).float().clamp(-clip, clip)
+        return (reward / np.sqrt(self.rms.var + NORM_EPSILON)).astype(np.float32).clip(-clip, clip)
+
+    def get_extra_state(self) -> dict:
+        return {"ret": torch.tensor(self.ret)}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.ret = host_float64(state["ret"]).copy()
 
 
 # -- rollout storage and GAE ---------------------------------------------------------------
@@ -259,16 +288,47 @@ def orthogonal_mlp(sizes: list[int], head_gain: float) -> nn.Sequential:
 
 
 class GaussianActor(nn.Module):
-    """N(mu(x), exp(log_std)): an MLP mean and a state-independent log-std (CleanRL's actor_mean, actor_logstd)."""
+    """N(mu(x), exp(log_std)): an MLP mean and a state-independent log-std (CleanRL's actor_mean, actor_logstd).
+
+    `forward` gives (mean, std), both [B, A] (std = exp of the expanded log-std, as CleanRL: so are the
+    gradients' reductions). The Gaussian's formulas below are torch.distributions.Normal's, term by term
+    (bit-identical, tested), without building distribution objects, which cost more than the 64-wide
+    network on every step and minibatch. NaNs are not validated: they reach the loop's check.
+    """
 
     def __init__(self, obs_dim: int, act_dim: int, hidden: list[int], log_std_init: float):
         super().__init__()
         self.mean = orthogonal_mlp([obs_dim, *hidden, act_dim], ACTOR_HEAD_GAIN)
         self.log_std = nn.Parameter(torch.full((1, act_dim), float(log_std_init)))
 
-    def forward(self, obs: torch.Tensor) -> Normal:
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean = self.mean(obs)
-        return Normal(mean, self.log_std.expand_as(mean).exp(), validate_args=False)  # NaNs reach the loop's check
+        return mean, self.log_std.expand_as(mean).exp()
+
+
+LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))
+
+
+def gaussian_sample(mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """A draw of N(mean, std) (Normal.sample: one torch.normal call, the same random numbers)."""
+    return torch.normal(mean, std)
+
+
+def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """log N(x; mean, std) per dimension (Normal.log_prob)."""
+    return -((x - mean) ** 2) / (2 * std ** 2) - std.log() - LOG_SQRT_2PI
+
+
+def gaussian_entropy(std: torch.Tensor) -> torch.Tensor:
+    """Entropy per dimension (Normal.entropy)."""
+    return 0.5 + 0.5 * math.log(2 * math.pi) + torch.log(std)
+
+
+def gaussian_kl(mean_p: torch.Tensor, std_p: torch.Tensor, mean_q: torch.Tensor, std_q: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean_p, std_p) || N(mean_q, std_q)) per dimension (torch.distributions.kl's Normal-Normal rule)."""
+    var_ratio = (std_p / std_q).pow(2)
+    t1 = ((mean_p - mean_q) / std_q).pow(2)
+    return 0.5 * (var_ratio + t1 - 1 - var_ratio.log())
 
 
 # -- the agent -----------------------------------------------------------------------------
@@ -289,11 +349,12 @@ class OnPolicyAgent(Agent):
         self.critic = orthogonal_mlp([obs_dim, *c.critic_hidden, 1], CRITIC_HEAD_GAIN).to(device)
         self.actor = GaussianActor(obs_dim, act_dim, c.actor_hidden, c.log_std_init).to(device)
         self.params = [*self.critic.parameters(), *self.actor.parameters()]
-        self.optimizer = torch.optim.Adam(self.params, lr=c.learning_rate, eps=c.adam_eps)
-        self.obs_rms = RunningMeanStd((obs_dim,), device)
-        self.reward_norm = RewardNormalizer(c.num_envs, device)
+        self.optimizer = torch.optim.Adam(self.params, lr=c.learning_rate, eps=c.adam_eps, foreach=True)
+        self.obs_rms = RunningMeanStd((obs_dim,))
+        self.reward_norm = RewardNormalizer(c.num_envs)
         self.rollout = Rollout(c.num_steps, c.num_envs, obs_dim, act_dim, device)
         self.n_updates = 0  # learning phases done (CleanRL's iteration - 1)
+        self._acted: tuple[torch.Tensor, ...] | None = None  # the last exploring act()'s tensors, for observe()
 
     def policy_loss(self, adv: torch.Tensor, ratio: torch.Tensor, kl: torch.Tensor,
                     first: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -312,28 +373,48 @@ class OnPolicyAgent(Agent):
         """evaluate: the mean action; otherwise a draw. Pure: statistics change only in observe().
 
         The draw is returned unclipped: the pool clips to [-1, 1] (CleanRL's ClipAction), and
-        the rollout needs the draw its log-probability belongs to.
+        the rollout needs the draw its log-probability belongs to. An exploring act() keeps what
+        it computed for the observe() of the same step, which would compute it again.
         """
-        dist = self.actor(self.normalize_obs(obs))
-        return dist.mean if mode == "evaluate" else dist.sample()
+        x = self.normalize_obs(obs)
+        mean, std = self.actor(x)
+        if mode == "evaluate":
+            return mean
+        action = gaussian_sample(mean, std)
+        self._acted = (obs, action, x, mean, std) if mode == "explore" else None
+        return action
+
+    def _policy_at(self, tr: Transition) -> tuple[torch.Tensor, ...]:
+        """(normalised o_t, a_t, mean, std) of a transition: act()'s own tensors when it acted on exactly this
+        observation and action (the same statistics and parameters: nothing changes them in between), else
+        computed afresh (a direct observe(), or the first step after a resume)."""
+        dev = self.device
+        raw = torch.as_tensor(tr.obs, dtype=torch.float32, device=dev)
+        action = torch.as_tensor(tr.action, dtype=torch.float32, device=dev)
+        acted, self._acted = self._acted, None
+        if acted is not None and torch.equal(acted[0], raw) and torch.equal(acted[1], action):
+            return acted[2], action, acted[3], acted[4]
+        x = self.normalize_obs(raw)  # the statistics act() used
+        return (x, action, *self.actor(x))
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self._acted = None
 
     @torch.no_grad()
     def observe(self, tr: Transition) -> None:
         c, dev = self.cfg, self.device
-        obs = self.normalize_obs(torch.as_tensor(tr.obs, dtype=torch.float32, device=dev))  # the statistics act() used
-        action = torch.as_tensor(tr.action, dtype=torch.float32, device=dev)
-        reward = torch.as_tensor(tr.reward, dtype=torch.float64, device=dev)
-        if c.norm_reward:
-            reward = self.reward_norm(reward, torch.as_tensor(tr.terminated, device=dev), c.gamma, c.reward_clip)
-        dist = self.actor(obs)
-        self.rollout.add(obs=obs, actions=action, means=dist.mean, logprobs=dist.log_prob(action).sum(-1),
-                         rewards=reward, dones=torch.as_tensor(tr.terminated | tr.truncated, device=dev),
+        obs, action, mean, std = self._policy_at(tr)
+        reward = self.reward_norm(tr.reward, tr.terminated, c.gamma, c.reward_clip) if c.norm_reward else tr.reward
+        self.rollout.add(obs=obs, actions=action, means=mean, logprobs=gaussian_log_prob(action, mean, std).sum(-1),
+                         rewards=torch.as_tensor(reward, device=dev),
+                         dones=torch.as_tensor(tr.terminated | tr.truncated, device=dev),
                          values=self.critic(obs).view(-1))
-        next_obs = torch.as_tensor(tr.next_obs, dtype=torch.float32, device=dev)
         if c.norm_obs:
-            self.obs_rms.update(next_obs)
+            self.obs_rms.update(tr.next_obs)
         if self.rollout.full():
-            self.rollout.next_obs.copy_(self.normalize_obs(next_obs))
+            self.rollout.next_obs.copy_(self.normalize_obs(torch.as_tensor(tr.next_obs, dtype=torch.float32,
+                                                                           device=dev)))
 
     def update(self, step: int) -> dict[str, float]:
         if not self.rollout.full():
@@ -363,17 +444,18 @@ class OnPolicyAgent(Agent):
             np.random.shuffle(inds)  # numpy's global generator, as CleanRL; the loop checkpoints it
             for start in range(0, self.batch_size, minibatch):
                 idx = torch.as_tensor(inds[start:start + minibatch], device=self.device)
-                dist = self.actor(b_obs[idx])
-                logratio = dist.log_prob(b_actions[idx]).sum(-1) - b_logprobs[idx]
+                mb_obs = b_obs[idx]
+                mean, std = self.actor(mb_obs)
+                logratio = gaussian_log_prob(b_actions[idx], mean, std).sum(-1) - b_logprobs[idx]
                 ratio = logratio.exp()
-                kl = kl_divergence(Normal(b_means[idx], old_std, validate_args=False), dist).sum(-1)
+                kl = gaussian_kl(b_means[idx], old_std, mean, std).sum(-1)
                 adv = b_adv[idx]
                 if c.norm_adv:
                     adv = (adv - adv.mean()) / (adv.std() + c.adv_eps)
                 pg_loss, clipfrac = self.policy_loss(adv, ratio, kl, first=epoch == 0 and start == 0)
-                v_loss = value_loss(self.critic(b_obs[idx]).view(-1), b_values[idx], b_returns[idx], c.clip_coef,
+                v_loss = value_loss(self.critic(mb_obs).view(-1), b_values[idx], b_returns[idx], c.clip_coef,
                                     c.clip_vloss)
-                entropy = dist.entropy().sum(-1).mean()
+                entropy = gaussian_entropy(std).sum(-1).mean()
                 loss = pg_loss - c.ent_coef * entropy + c.vf_coef * v_loss
                 self.optimizer.zero_grad()
                 loss.backward()

@@ -16,7 +16,8 @@ from qvpo.algos.ppo import PPO, PPOSettings, clipped_surrogate
 from qvpo.algos.spo import SPO, SPOSettings, kl_clip_factor, kl_clip_loss, ratio_penalty_loss
 from qvpo.cli import main
 from qvpo.envs import Transition
-from qvpo.onpolicy import RMS_INITIAL_COUNT, RewardNormalizer, RunningMeanStd, gae, value_loss
+from qvpo.onpolicy import (RMS_INITIAL_COUNT, GaussianActor, RewardNormalizer, RunningMeanStd, gae, gaussian_entropy,
+                           gaussian_kl, gaussian_log_prob, gaussian_sample, value_loss)
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -75,6 +76,71 @@ def test_spo_first_minibatch_plain_and_2025_selectable():
         assert agent.policy_loss(adv, ratio, kl, first)[0].item() == pytest.approx(0.375)
 
 
+def test_gaussian_formulas_are_torch_distributions_bit_for_bit():
+    """log-prob, entropy, KL and a draw, and the gradients they pass to the actor, equal Normal's exactly."""
+    from torch.distributions import Normal, kl_divergence
+
+    torch.manual_seed(0)
+    actor = GaussianActor(3, 2, [8, 8], 0.0)
+    with torch.no_grad():
+        actor.log_std.copy_(t([[-0.3, 0.4]]))
+    obs, action = torch.randn(6, 3), torch.randn(6, 2)
+    old_mean, old_std = torch.randn(6, 2), t([[0.9, 1.3]])
+
+    def losses(ours: bool):
+        actor.zero_grad()
+        mean, std = actor(obs)
+        if ours:
+            logp, ent = gaussian_log_prob(action, mean, std), gaussian_entropy(std)
+            kl = gaussian_kl(old_mean, old_std, mean, std)
+        else:
+            dist = Normal(mean, actor.log_std.expand_as(mean).exp())
+            logp, ent = dist.log_prob(action), dist.entropy()
+            kl = kl_divergence(Normal(old_mean, old_std), dist)
+        values = [v.sum(-1) for v in (logp, ent, kl)]
+        (values[0].exp().mean() + values[1].mean() + values[2].mean()).backward()
+        return values, [p.grad.clone() for p in actor.parameters()]
+
+    (ours, our_grads), (ref, ref_grads) = losses(True), losses(False)
+    assert all(torch.equal(a, b) for a, b in zip(ours, ref))
+    assert all(torch.equal(a, b) for a, b in zip(our_grads, ref_grads))
+    mean, std = actor(obs)
+    torch.manual_seed(1)
+    draw = gaussian_sample(mean.detach(), std.detach())
+    torch.manual_seed(1)
+    assert torch.equal(draw, Normal(mean.detach(), std.detach()).sample())
+
+
+@pytest.mark.parametrize("cls", [PPO, SPO])
+def test_observe_after_act_stores_what_a_fresh_computation_stores(cls):
+    """observe() reuses the exploring act()'s tensors only for that very observation and action, and stores
+    exactly the rows it stores without them."""
+    data = list(transitions(2, 8))
+    rollouts = []
+    for use_act in (True, False):
+        torch.manual_seed(0)
+        agent = cls(3, 2, small(cls), DEVICE, 1000, seed=0)
+        for tr in data:
+            if use_act:
+                action = agent.act(torch.as_tensor(tr.obs, device=DEVICE), "explore").cpu().numpy()
+                tr = Transition(tr.obs, action, tr.reward, tr.next_obs, tr.terminated, tr.truncated)
+            else:  # the draw act() would make, from the same generator state, without act()'s cache
+                x = agent.normalize_obs(torch.as_tensor(tr.obs, device=DEVICE))
+                action = gaussian_sample(*agent.actor(x)).detach().cpu().numpy()
+                tr = Transition(tr.obs, action, tr.reward, tr.next_obs, tr.terminated, tr.truncated)
+            agent.observe(tr)
+        rollouts.append({k: v.clone() for k, v in agent.rollout.state_dict().items() if isinstance(v, torch.Tensor)})
+    assert rollouts[0].keys() == rollouts[1].keys()
+    assert all(torch.equal(rollouts[0][k], rollouts[1][k]) for k in rollouts[0])
+    agent = cls(3, 2, small(cls), DEVICE, 1000, seed=0)  # a stale cache (another observation) is not used
+    tr = data[0]
+    agent.act(torch.as_tensor(data[1].obs, device=DEVICE), "explore")
+    x = agent.normalize_obs(torch.as_tensor(tr.obs, device=DEVICE))  # before observe() moves the statistics
+    agent.observe(tr)
+    assert torch.equal(agent.rollout.obs[0], x)
+    assert torch.equal(agent.rollout.means[0], agent.actor(x)[0].detach())
+
+
 # -- GAE and the normalisers ----------------------------------------------------------------
 
 
@@ -94,7 +160,7 @@ def test_gae_cut_at_termination_and_truncation():
 
 
 def test_running_mean_std_update_and_normalize():
-    rms = RunningMeanStd((1,), DEVICE)
+    rms = RunningMeanStd((1,))
     rms.update(t([[1.0], [3.0]]))
     # merge of the prior (mean 0, var 1, count 1e-4) with a batch of mean 2, var 1, count 2
     c = RMS_INITIAL_COUNT
@@ -111,7 +177,7 @@ def test_running_mean_std_update_and_normalize():
 @given(st.lists(st.floats(-100, 100), min_size=2, max_size=40), st.integers(1, 39))
 def test_running_mean_std_merge_is_the_whole_batch(values, cut):
     cut = min(cut, len(values) - 1)
-    whole, split = RunningMeanStd((), DEVICE), RunningMeanStd((), DEVICE)
+    whole, split = RunningMeanStd(()), RunningMeanStd(())
     x = torch.tensor(values, dtype=torch.float64, device=DEVICE)
     whole.update(x)
     split.update(x[:cut])
@@ -121,13 +187,13 @@ def test_running_mean_std_merge_is_the_whole_batch(values, cut):
 
 
 def test_reward_normalizer_return_restarts_only_at_termination():
-    norm = RewardNormalizer(2, DEVICE)
+    norm = RewardNormalizer(2)
     r = torch.tensor([1.0, 1.0], dtype=torch.float64, device=DEVICE)
     norm(r, torch.tensor([False, False], device=DEVICE), 0.5, 10.0)
     out = norm(r, torch.tensor([True, False], device=DEVICE), 0.5, 10.0)
     # returns: [1, 1] then [0.5*0*1 + 1, 0.5*1 + 1] = [1, 1.5]: the terminating step's return drops the past
     assert norm.ret.tolist() == pytest.approx([1.0, 1.5])
-    ref = RunningMeanStd((), DEVICE)  # the statistics are of every return seen, batch by batch
+    ref = RunningMeanStd(())  # the statistics are of every return seen, batch by batch
     ref.update(torch.tensor([1.0, 1.0], dtype=torch.float64))
     ref.update(torch.tensor([1.0, 1.5], dtype=torch.float64))
     assert norm.rms.var.item() == pytest.approx(ref.var.item())
@@ -155,14 +221,14 @@ def small(cls, **kw):
 def test_observe_normalises_with_the_statistics_act_used_then_updates_them():
     agent = PPO(3, 2, small(PPO), DEVICE, 1000, seed=0)
     tr = next(transitions(2, 1))
-    before = {k: v.clone() for k, v in agent.obs_rms.state_dict().items()}
+    before = agent.obs_rms.get_extra_state()
     agent.act(torch.as_tensor(tr.obs, device=DEVICE), "explore")
-    assert all(torch.equal(before[k], v) for k, v in agent.obs_rms.state_dict().items())  # act is pure
+    assert all(np.array_equal(before[k], v) for k, v in agent.obs_rms.get_extra_state().items())  # act is pure
     agent.observe(tr)
-    s0 = RunningMeanStd((3,), DEVICE)  # the stored obs is normalize(o_t; S_t), then S_t takes in o'_{t+1}
+    s0 = RunningMeanStd((3,))  # the stored obs is normalize(o_t; S_t), then S_t takes in o'_{t+1}
     assert torch.allclose(agent.rollout.obs[0], s0.normalize(torch.as_tensor(tr.obs, device=DEVICE), 10.0))
     s0.update(torch.as_tensor(tr.next_obs, device=DEVICE))
-    assert torch.equal(agent.obs_rms.mean, s0.mean) and agent.obs_rms.count.item() == pytest.approx(2 + 1e-4)
+    assert np.array_equal(agent.obs_rms.mean, s0.mean) and agent.obs_rms.count.item() == pytest.approx(2 + 1e-4)
     assert agent.rollout.pos == 1
 
 
@@ -204,7 +270,7 @@ def test_state_dict_mid_rollout_continues_exactly(cls):
     torch.manual_seed(1)
     b = cls(3, 2, small(cls), DEVICE, 1000, seed=0)
     b.load_state_dict(state)
-    assert b.rollout.pos == 5 and torch.equal(b.reward_norm.ret, a.reward_norm.ret)
+    assert b.rollout.pos == 5 and np.array_equal(b.reward_norm.ret, a.reward_norm.ret)
     results = []
     for agent in (a, b):
         np.random.set_state(np_state)

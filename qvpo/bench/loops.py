@@ -148,8 +148,8 @@ DIFFERENCES = {
             "arithmetic).",
             "SB3 bootstraps a time-limit truncation with gamma V(final obs) added to the reward; ours ends "
             "GAE there (CleanRL).",
-            "SB3 computes the value and log-probability with the action in one forward pass; ours evaluates "
-            "the actor again when storing the step.",
+            "SB3 computes the value and log-probability with the action in one forward pass; ours keeps the "
+            "actor's forward pass of acting for storing the step, where it evaluates the critic.",
             "SB3 anneals the learning rate with its progress schedule; ours per learning phase (CleanRL)."],
 }
 
