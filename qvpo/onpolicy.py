@@ -253,14 +253,18 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, dones: torch.Tensor, next_v
     SPO-2024's rule, the faithful default; a truncated state is thus not bootstrapped).
     The pool autoresets in the same step, so every row is a real transition: there is no
     NEXT_STEP reset row to mask. next_value is V of the observation after the last row.
+    The recursion runs on the host in numpy float32, the same float32 operations in the same order as
+    torch's (bit-identical, tested), at a fraction of torch's per-operation cost over thousands of rows.
     """
-    advantages = torch.zeros_like(rewards)
-    last = torch.zeros_like(next_value)
-    for t in reversed(range(rewards.shape[0])):
-        next_values = next_value if t == rewards.shape[0] - 1 else values[t + 1]
-        nonterminal = 1.0 - dones[t]
-        delta = rewards[t] + gamma * next_values * nonterminal - values[t]
+    r, v, d = (x.detach().cpu().numpy() for x in (rewards, values, dones))
+    advantages = np.zeros_like(r)
+    last = np.zeros_like(r[0])
+    for t in reversed(range(r.shape[0])):
+        next_values = next_value.detach().cpu().numpy() if t == r.shape[0] - 1 else v[t + 1]
+        nonterminal = 1.0 - d[t]
+        delta = r[t] + gamma * next_values * nonterminal - v[t]
         last = advantages[t] = delta + gamma * lam * nonterminal * last
+    advantages = torch.from_numpy(advantages).to(rewards.device)
     return advantages, advantages + values
 
 
@@ -349,7 +353,9 @@ class OnPolicyAgent(Agent):
         self.critic = orthogonal_mlp([obs_dim, *c.critic_hidden, 1], CRITIC_HEAD_GAIN).to(device)
         self.actor = GaussianActor(obs_dim, act_dim, c.actor_hidden, c.log_std_init).to(device)
         self.params = [*self.critic.parameters(), *self.actor.parameters()]
-        self.optimizer = torch.optim.Adam(self.params, lr=c.learning_rate, eps=c.adam_eps, foreach=True)
+        # fused: one kernel for all parameters, 2-3x faster than the default per-tensor Adam on the CPU (same
+        # update up to float rounding)
+        self.optimizer = torch.optim.Adam(self.params, lr=c.learning_rate, eps=c.adam_eps, fused=True)
         self.obs_rms = RunningMeanStd((obs_dim,))
         self.reward_norm = RewardNormalizer(c.num_envs)
         self.rollout = Rollout(c.num_steps, c.num_envs, obs_dim, act_dim, device)

@@ -137,12 +137,22 @@ def test_compiled_sampler_equals_eager_plain():
 
 
 def test_bench_quick_writes_its_files(tmp_path):
-    assert main(["bench", "--quick", "--threads", "1", "--out", str(tmp_path)]) == 0
+    assert main(["bench", "--quick", "--threads", "1", "--rounds", "2", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "bench.json").read_text())
     assert result["quick"] and result["machine"]["torch_threads"] == 1
+    assert result["command"] == "qvpo bench --threads 1 --quick --rounds 2"
+    for r in result["loops"].values():  # the median of two rounds is their mean
+        rounds = [x["steps_per_s"] for x in r["ours"]["rounds"]]
+        assert len(rounds) == 2 and r["ours"]["steps_per_s"] == pytest.approx(sum(rounds) / 2)
     assert set(result["update"]["variants"]) == {"ours fp32", "authors' order fp32", "ours bf16 sampling"}
     assert all(v["median_ms"] > 0 for v in result["update"]["variants"].values())
     assert set(result["loops"]) == {"sac", "td3", "ppo"}
     assert all(r["ours"]["steps_per_s"] > 0 for r in result["loops"].values())
     assert len(result["cores"]["two_jobs_steps_per_s"]) == 2
     assert "## Targets (issue 6)" in (tmp_path / "bench.md").read_text()
+
+
+def test_bench_refuses_zero_rounds(tmp_path, capsys):
+    assert main(["bench", "--quick", "--rounds", "0", "--out", str(tmp_path)]) != 0
+    assert "--rounds must be positive, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "bench.json").exists()

@@ -159,6 +159,21 @@ def test_gae_cut_at_termination_and_truncation():
     assert ret[:, 0].tolist() == pytest.approx([1.75, 1.0, 3.25, 5.0])
 
 
+def test_gae_on_the_host_is_the_torch_recursion_bit_for_bit():
+    """gae() runs in numpy float32; the same recursion written with torch tensors gives the same bits."""
+    gen = torch.Generator().manual_seed(0)
+    rewards, values = torch.randn(64, 3, generator=gen), torch.randn(64, 3, generator=gen)
+    dones, next_value = (torch.rand(64, 3, generator=gen) < 0.1).float(), torch.randn(3, generator=gen)
+    expected, last = torch.zeros_like(rewards), torch.zeros(3)
+    for i in reversed(range(64)):
+        following = next_value if i == 63 else values[i + 1]
+        delta = rewards[i] + 0.99 * following * (1.0 - dones[i]) - values[i]
+        last = expected[i] = delta + 0.99 * 0.95 * (1.0 - dones[i]) * last
+    adv, ret = gae(rewards.to(DEVICE), values.to(DEVICE), dones.to(DEVICE), next_value.to(DEVICE), 0.99, 0.95)
+    assert adv.device == rewards.to(DEVICE).device and adv.dtype == torch.float32
+    assert torch.equal(adv.cpu(), expected) and torch.equal(ret.cpu(), expected + values)
+
+
 def test_running_mean_std_update_and_normalize():
     rms = RunningMeanStd((1,))
     rms.update(t([[1.0], [3.0]]))

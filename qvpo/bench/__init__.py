@@ -27,6 +27,8 @@ def add_bench_command(sub) -> None:
     b.add_argument("--out", type=Path, default=Path("results/bench"), help="directory of bench.json and bench.md")
     b.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     b.add_argument("--quick", action="store_true", help="tiny sizes, no compile: checks the command in seconds")
+    b.add_argument("--rounds", type=int, default=3,
+                   help="rounds of each loop measurement, ours and SB3's interleaved; the median counts (default 3)")
     b.set_defaults(handler=cmd_bench)
 
 
@@ -41,12 +43,15 @@ def cmd_bench(args) -> int:
     from qvpo.checkpoint import atomic_write_text
     from qvpo.envs import EnvPool
 
+    if args.rounds <= 0:
+        raise UserError(f"--rounds must be positive, got {args.rounds}")
     if args.threads is not None:
         if args.threads <= 0:
             raise UserError(f"--threads must be positive, got {args.threads}")
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
-    command = "qvpo bench" + (f" --threads {args.threads}" if args.threads else "") + (" --quick" if args.quick else "")
+    command = ("qvpo bench" + (f" --threads {args.threads}" if args.threads else "") + (" --quick" if args.quick else "")
+               + (f" --rounds {args.rounds}" if args.rounds != 3 else ""))
     result = {"command": command, "quick": args.quick, "machine": report.machine(threads),
               "sb3_version": loops.sb3_available()}
     pool = EnvPool(loops.ENV_ID, 1, 0)
@@ -61,11 +66,16 @@ def cmd_bench(args) -> int:
     result["loops"] = {}
     for algo in LOOP_ALGOS:
         w = windows[algo]
-        _say(f"timing our {algo.upper()} loop")
-        entry = {"window": asdict(w), "ours": loops.ours(algo, w, threads)}
-        if result["sb3_version"] is not None:
-            _say(f"timing Stable-Baselines3's {algo.upper()} loop")
-            entry["sb3"] = loops.sb3(algo, w, threads)
+        rounds: dict[str, list[dict]] = {"ours": [], "sb3": []}
+        for r in range(args.rounds):  # interleaved, so a drifting load on a shared machine hits both alike
+            _say(f"timing our {algo.upper()} loop (round {r + 1} of {args.rounds})")
+            rounds["ours"].append(loops.ours(algo, w, threads))
+            if result["sb3_version"] is not None:
+                _say(f"timing Stable-Baselines3's {algo.upper()} loop (round {r + 1} of {args.rounds})")
+                rounds["sb3"].append(loops.sb3(algo, w, threads))
+        entry = {"window": asdict(w), "ours": loops.median_of_rounds(rounds["ours"])}
+        if rounds["sb3"]:
+            entry["sb3"] = loops.median_of_rounds(rounds["sb3"])
             entry["ratio"] = entry["ours"]["steps_per_s"] / entry["sb3"]["steps_per_s"]
         result["loops"][algo] = entry
     _say("timing one, then two 1-thread SAC jobs")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -80,6 +81,11 @@ def window_result(stamps: dict[int, float], w: Window) -> dict:
     return {"steps": w.steps, "seconds": seconds, "steps_per_s": w.steps / seconds,
             "wall_clock_start": time.time() - (time.perf_counter() - stamps[w.start]),
             "wall_clock_end": time.time() - (time.perf_counter() - stamps[w.start + w.steps])}
+
+
+def median_of_rounds(rounds: list[dict]) -> dict:
+    """The median steps per second over rounds of one loop's measurement, with every round kept."""
+    return {"steps_per_s": statistics.median(r["steps_per_s"] for r in rounds), "rounds": rounds}
 
 
 def ours(algo: str, w: Window, threads: int) -> dict:

@@ -70,6 +70,10 @@ def _fmt(x: float | None, digits: int = 2) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
+def _rounds(m: dict) -> str:
+    return f"{m['steps_per_s']:.1f} [{', '.join(f'{r:.1f}' for r in (x['steps_per_s'] for x in m['rounds']))}]"
+
+
 def markdown(result: dict) -> str:
     m, u = result["machine"], result["update"]
     lines = [
@@ -120,13 +124,13 @@ def markdown(result: dict) -> str:
     lines += ["", "## Training loops on Hopper-v5: steady-state steps per second", ""]
     if result["sb3_version"] is None:
         lines.append("stable-baselines3 is not installed (`pip install -e .[bench]`): ours only.\n")
-    lines += ["| algorithm | window (steps) | ours steps/s | SB3 steps/s | ours / SB3 |",
+    lines += ["Median over the rounds, ours and SB3's interleaved (every round in brackets).", "",
+              "| algorithm | window (steps) | ours steps/s | SB3 steps/s | ours / SB3 |",
               "| --- | --- | --- | --- | --- |"]
     for algo, r in result["loops"].items():
         sb3 = r.get("sb3")
         lines.append(f"| {algo.upper()} | ({r['window']['start']}, {r['window']['start'] + r['window']['steps']}] | "
-                     f"{r['ours']['steps_per_s']:.1f} | {_fmt(sb3 and sb3['steps_per_s'], 1)} | "
-                     f"{_fmt(r.get('ratio'))} |")
+                     f"{_rounds(r['ours'])} | {_rounds(sb3) if sb3 else '-'} | {_fmt(r.get('ratio'))} |")
     lines += ["", "The window starts after the warm-up (off-policy: uniform-random steps, no updates) and a "
               "settling stretch; in it every step acts, stores and updates once (PPO: whole rollouts and their "
               "learning phases). Both sides: seed 0, CPU, the same torch threads, the same warm-up and network "
