@@ -393,7 +393,7 @@ class OnPolicyAgent(Agent):
     def _policy_at(self, tr: Transition) -> tuple[torch.Tensor, ...]:
         """(normalised o_t, a_t, mean, std) of a transition: act()'s own tensors when it acted on exactly this
         observation and action (the same statistics and parameters: nothing changes them in between), else
-        computed afresh (a direct observe(), or the first step after a resume)."""
+        computed afresh (an observe() without an exploring act() before it)."""
         dev = self.device
         raw = torch.as_tensor(tr.obs, dtype=torch.float32, device=dev)
         action = torch.as_tensor(tr.action, dtype=torch.float32, device=dev)
