@@ -171,7 +171,18 @@ class RunningMeanStd(nn.Module):
 
     def set_extra_state(self, state: dict) -> None:
         self.mean, self.var = host_float64(state["mean"]).copy(), host_float64(state["var"]).copy()
-        self.count = np.float64(state["count"])
+        self.count = np.float64(float(state["count"]))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        adopt_buffers_as_extra_state(state_dict, prefix, ("mean", "var", "count"))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def adopt_buffers_as_extra_state(state_dict: dict, prefix: str, names: tuple[str, ...]) -> None:
+    """Checkpoints of qvpo before 2026-11-30 held the normalisers' numbers as buffers: read them as the extra
+    state, so a run continued with --accept-code-change loads them."""
+    if prefix + "_extra_state" not in state_dict and all(prefix + n in state_dict for n in names):
+        state_dict[prefix + "_extra_state"] = {n: state_dict.pop(prefix + n) for n in names}
 
 
 def host_float64(x) -> np.ndarray:
@@ -206,6 +217,10 @@ class RewardNormalizer(nn.Module):
 
     def set_extra_state(self, state: dict) -> None:
         self.ret = host_float64(state["ret"]).copy()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        adopt_buffers_as_extra_state(state_dict, prefix, ("ret",))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 # -- rollout storage and GAE ---------------------------------------------------------------

@@ -215,6 +215,19 @@ def test_reward_normalizer_return_restarts_only_at_termination():
     assert out.tolist() == pytest.approx([min(10.0, 1.0 / (ref.var.item() + 1e-8) ** 0.5)] * 2)
 
 
+def test_normalisers_load_the_buffers_of_older_checkpoints():
+    """Before 2026-11-30 the statistics were float64 buffers (mean, var, count; ret): a run continued with
+    --accept-code-change loads them."""
+    old = {"ret": torch.tensor([0.5, -1.0], dtype=torch.float64),
+           "rms.mean": torch.tensor(0.25, dtype=torch.float64), "rms.var": torch.tensor(2.0, dtype=torch.float64),
+           "rms.count": torch.tensor(7.0, dtype=torch.float64)}
+    norm = RewardNormalizer(2)
+    norm.load_state_dict(old)
+    assert norm.ret.tolist() == [0.5, -1.0]
+    assert (norm.rms.mean.item(), norm.rms.var.item(), norm.rms.count.item()) == (0.25, 2.0, 7.0)
+    assert set(norm.state_dict()) == {"_extra_state", "rms._extra_state"}  # and saved in the new form
+
+
 # -- the agent, driven by synthetic transitions ---------------------------------------------
 
 
