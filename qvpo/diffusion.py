@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from concurrent.futures import ThreadPoolExecutor
 
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from qvpo import native
 from qvpo.agent import OffPolicyAgent
 from qvpo.errors import UserError
 from qvpo.nets import TwinQ, init_authors_normal
@@ -255,7 +257,8 @@ class NoisePredictorAgent(OffPolicyAgent):
 
 
 def mish_(h: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
-    """In-place Mish for the float32 sampler, using `tmp` (same shape) as scratch; tmp ends as 1 + e^x + e^2x / 2.
+    """In-place Mish in torch operations, using `tmp` (same shape) as scratch; tmp ends as 1 + e^x + e^2x / 2.
+    The sampler's Mish on a GPU, under torch.compile, and on CPUs where qvpo.native's kernels do not build.
 
     mish(x) = x tanh(log(1 + e^x)) = x - x / (1 + e^x + e^2x / 2)   (tanh(log u) = (u^2-1)/(u^2+1), u = 1 + e^x).
     Why: ATen's CPU mish measured ~4x slower than these 4 passes (exp, addcmul, add, addcdiv),
@@ -267,13 +270,19 @@ def mish_(h: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
 
 
 class _Mish(torch.autograd.Function):
-    """Mish with mish_'s arithmetic forward and the derivative
-    mish'(x) = 1 - r + x sigmoid(x) r (2 - r), r = 1 / (1 + e^x + e^2x / 2)
-    (= tanh(softplus(x)) + x sigmoid(x) sech^2(softplus(x))). ATen's CPU mish and mish_backward took
-    about half the diffusion loss's time; these passes run about twice as fast (forward 3x)."""
+    """Mish with a cheaper forward and backward than ATen's CPU mish and mish_backward (which took about half
+    the diffusion loss's time): on float32 CPU tensors the native kernels (qvpo.native), else mish_'s passes with
+    the derivative mish'(x) = 1 - r + x sigmoid(x) r (2 - r), r = 1 / (1 + e^x + e^2x / 2)
+    (= tanh(softplus(x)) + x sigmoid(x) sech^2(softplus(x)))."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        kernels = native.kernels() if x.device.type == "cpu" and x.dtype == torch.float32 else None
+        ctx.kernels = kernels
+        if kernels is not None:
+            x = x.contiguous()
+            ctx.save_for_backward(x)
+            return kernels.mish(x, torch.empty_like(x))
         w = torch.empty_like(x)
         y = mish_(x.clone(), w)
         ctx.save_for_backward(x, w)
@@ -282,6 +291,9 @@ class _Mish(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        if ctx.kernels is not None:
+            (x,) = ctx.saved_tensors
+            return ctx.kernels.mish_backward(x, grad.contiguous())
         x, w = ctx.saved_tensors
         r = w.reciprocal()
         slope = torch.sigmoid(x).mul_(x).mul_(r).mul_(torch.rsub(r, 2.0)).add_(1.0).sub_(r)
@@ -306,15 +318,40 @@ def _worker_pool(n: int) -> ThreadPoolExecutor:
     return _WORKER_POOLS[n]
 
 
+@contextlib.contextmanager
+def chunk_threads(device: torch.device | None, rows: int = 0, chunk_rows: int | None = None) -> Iterator[int]:
+    """For a ChunkedMishMLP on the CPU over `rows` rows in more than one chunk, with more than one torch thread:
+    torch set to one thread for the block, yielding the count it had (the number of chunk workers). Otherwise
+    (a GPU, device None, one chunk, one thread) it yields 1 and changes nothing: one chunk runs on the calling
+    thread with all of torch's threads.
+
+    Why a whole sampling call and not just each batch of chunks: after every parallel op OpenMP's idle team
+    threads spin for a while, and one spinning between two batches of chunks kept a worker off its core
+    (a 256 x 4 sampling call ran 2x slower)."""
+    threads = torch.get_num_threads()
+    one_chunk = rows <= (CPU_CHUNK_ROWS if chunk_rows is None else chunk_rows)
+    if device is None or device.type != "cpu" or threads == 1 or one_chunk:
+        yield 1
+        return
+    torch.set_num_threads(1)
+    try:
+        yield threads
+    finally:
+        torch.set_num_threads(threads)
+
+
 def chunk_network(x: torch.Tensor, base: torch.Tensor, w_xT: torch.Tensor,
                   hidden: list[tuple[torch.Tensor, torch.Tensor]], w_last: torch.Tensor,
                   b_last: torch.Tensor) -> torch.Tensor:
     """One chunk of a factored Linear-Mish MLP, out of place: h = mish(base + x W_x^T), then mish(h W^T + b) per
     hidden (W^T, b) in the dtype of W (cast back to float32), then the outputs transposed, W_last h^T + b_last
-    [out, rows]. ChunkedMishMLP's arithmetic without its buffers: what `compile=True` hands to torch.compile."""
-    h = mish(torch.addmm(base, x, w_xT))
+    [out, rows]. ChunkedMishMLP's torch arithmetic without its buffers: what `compile=True` hands to torch.compile
+    (which fuses mish_'s passes itself)."""
+    h = torch.addmm(base, x, w_xT)
+    h = mish_(h, torch.empty_like(h))
     for w, b in hidden:
-        h = mish(torch.addmm(b, h.to(w.dtype), w).float())
+        h = torch.addmm(b, h.to(w.dtype), w).float()
+        h = mish_(h, torch.empty_like(h))
     return torch.addmm(b_last[:, None], w_last, h.t())
 
 
@@ -327,10 +364,12 @@ class ChunkedMishMLP:
     in chunks of `chunk_rows` rows so that the hidden activations stay in cache across Mish's elementwise passes;
     buffers are preallocated (a fresh 16 MB tensor per op costs page faults). The narrow last layer is computed
     transposed, W_last h^T into an [out, N] buffer (3x faster than h W_last^T on the CPU for 3 outputs).
-    With T torch threads on the CPU, T worker threads each run every T-th chunk on one core (torch set to one
-    thread meanwhile; kernels release the GIL): no thread barrier per op, of which a call has thousands, and
-    which stall whenever the OS deschedules one thread of a busy machine; each chunk's result is the same for
-    any thread count.
+    On the CPU the elementwise work runs in qvpo.native's kernels: each Mish in one pass, the thin first layer
+    fused with its Mish, the last Mish with the output layer (torch's mish_ passes where no compiler is found).
+    With `workers` > 1 on the CPU (inside chunk_threads, which yields the count), that many worker threads each
+    run every workers-th chunk on one core (torch at one thread; kernels release the GIL): no thread barrier per
+    op, of which a call has thousands, and which stall whenever the OS deschedules one thread of a busy machine;
+    each chunk's result is the same for any number of workers.
     dtype (e.g. bfloat16) is that of the wide hidden-to-hidden products only; the thin first and last layers and
     Mish stay float32 (Mish's rewrite cancels badly in bf16, and ATen's bf16 elementwise ops are slower).
     chunk_rows defaults to CPU_CHUNK_ROWS on the CPU, all rows on a GPU. `network` (e.g.
@@ -338,12 +377,12 @@ class ChunkedMishMLP:
     """
 
     def __init__(self, w_x: torch.Tensor, layers: list[nn.Linear], B: int, K: int, chunk_rows: int | None = None,
-                 dtype: torch.dtype = torch.float32, network=None):
+                 dtype: torch.dtype = torch.float32, network=None, workers: int = 1):
         dev = w_x.device
         H = w_x.shape[0]
         if chunk_rows is None:  # chunking only pays for CPU caches
             chunk_rows = CPU_CHUNK_ROWS if dev.type == "cpu" else K * B
-        self.w_xT = w_x.t()                                                   # [X, H]
+        self.w_xT = w_x.t().contiguous()                                      # [X, H]
         self.hidden = [(lin.weight.t().to(dtype), lin.bias.to(dtype)) for lin in layers[:-1]]
         self.w_last, self.b_last = layers[-1].weight, layers[-1].bias         # [out, H], [out]
         self.B = B
@@ -362,7 +401,8 @@ class ChunkedMishMLP:
             self.run_chunks = self._run_network
             return
         self.run_chunks = self._run_eager
-        self.workers = min(torch.get_num_threads(), len(self.chunks)) if dev.type == "cpu" else 1
+        self.kernels = native.kernels() if dev.type == "cpu" else None
+        self.workers = min(workers, len(self.chunks)) if dev.type == "cpu" else 1
         low = dtype != torch.float32   # products in `dtype` need their inputs and outputs in it
         self.buffers = [(*(torch.empty(rows, H, device=dev) for _ in range(3)),
                          *((torch.empty(rows, H, device=dev, dtype=dtype) for _ in range(2)) if low else (None, None)))
@@ -379,33 +419,39 @@ class ChunkedMishMLP:
         if self.workers == 1:
             self._run_chunks(self.chunks, self.buffers[0], x, base)
         else:
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
-                pool = _worker_pool(self.workers)
-                done = [pool.submit(self._run_chunks, self.chunks[i::self.workers], self.buffers[i], x, base)
-                        for i in range(self.workers)]
-                for future in done:
-                    future.result()
-            finally:
-                torch.set_num_threads(threads)
+            pool = _worker_pool(self.workers)
+            done = [pool.submit(self._run_chunks, self.chunks[i::self.workers], self.buffers[i], x, base)
+                    for i in range(self.workers)]
+            for future in done:
+                future.result()
         self.out.add_(self.b_last[:, None])
 
     @torch.no_grad()  # grad mode is per thread
     def _run_chunks(self, chunks: list[tuple[int, int, int]], buffers: tuple, x: torch.Tensor,
                     base: torch.Tensor) -> None:
         h_a, h_b, tmp_rows, low_in, low_out = buffers
+        kernels, last = self.kernels, len(self.hidden) - 1
         for r0, b0, n in chunks:
             h, h_next, tmp = h_a[:n], h_b[:n], tmp_rows[:n]
-            mish_(torch.addmm(base[b0:b0 + n], x[r0:r0 + n], self.w_xT, out=h), tmp)
-            for w, b in self.hidden:
+            out = self.out[:, r0:r0 + n]
+            if kernels is None:
+                mish_(torch.addmm(base[b0:b0 + n], x[r0:r0 + n], self.w_xT, out=h), tmp)
+            else:  # the last Mish is applied by mish_project
+                kernels.first_layer(h, base[b0:b0 + n], x[r0:r0 + n], self.w_xT, apply_mish=last >= 0)
+            for i, (w, b) in enumerate(self.hidden):
                 if low_in is None:
                     torch.addmm(b, h, w, out=h_next)
                 else:
                     h_next.copy_(torch.addmm(b, low_in[:n].copy_(h), w, out=low_out[:n]))
-                mish_(h_next, tmp)
+                if kernels is None:
+                    mish_(h_next, tmp)
+                elif i < last:
+                    kernels.mish(h_next, h_next)
                 h, h_next = h_next, h
-            torch.mm(self.w_last, h.t(), out=self.out[:, r0:r0 + n])
+            if kernels is None:
+                torch.mm(self.w_last, h.t(), out=out)
+            else:
+                kernels.mish_project(h, self.w_last, out)
 
     def _run_network(self, x: torch.Tensor, base: torch.Tensor) -> None:
         for r0, b0, n in self.chunks:
@@ -462,29 +508,32 @@ def ddpm_sample(model: NoisePredictor, schedule: DiffusionSchedule, s: torch.Ten
     x = torch.randn(N, A, device=dev, generator=generator)
     x0, z = torch.empty_like(x), torch.empty_like(x)
 
-    if factored:
-        w_a, _, _, _ = model.first_layer_split()
-        net = ChunkedMishMLP(w_a, model.hidden_layers(), B, K, chunk_rows, dtype or torch.float32, network)
-        s_feat = model.state_features(s)                   # W_s s + b1 [B, H], once per state
-        t_feat = model.time_features(schedule.T)           # W_t t_emb(t) [T, H], once per step value
+    with chunk_threads(dev if factored and network is None else None, N, chunk_rows) as workers:
+        if factored:
+            w_a, _, _, _ = model.first_layer_split()
+            net = ChunkedMishMLP(w_a, model.hidden_layers(), B, K, chunk_rows, dtype or torch.float32, network,
+                                 workers)
+            s_feat = model.state_features(s)               # W_s s + b1 [B, H], once per state
+            t_feat = model.time_features(schedule.T)       # W_t t_emb(t) [T, H], once per step value
+            base = torch.empty_like(s_feat)
 
-        def eps_fn(x: torch.Tensor, t: int) -> torch.Tensor:
-            return net(x, s_feat + t_feat[t])
-    else:
-        s_rep = s.repeat(K, 1)                             # authors' candidate-major rows
-        t_rows = torch.empty(N, dtype=torch.long, device=dev)
+            def eps_fn(x: torch.Tensor, t: int) -> torch.Tensor:
+                return net(x, torch.add(s_feat, t_feat[t], out=base))
+        else:
+            s_rep = s.repeat(K, 1)                         # authors' candidate-major rows
+            t_rows = torch.empty(N, dtype=torch.long, device=dev)
 
-        def eps_fn(x: torch.Tensor, t: int) -> torch.Tensor:
-            t_rows.fill_(t)
-            low = dtype not in (None, torch.float32)
-            ctx = torch.autocast(dev.type, dtype=dtype) if low else contextlib.nullcontext()
-            with ctx:
-                return model(x, t_rows, s_rep).float()
+            def eps_fn(x: torch.Tensor, t: int) -> torch.Tensor:
+                t_rows.fill_(t)
+                low = dtype not in (None, torch.float32)
+                ctx = torch.autocast(dev.type, dtype=dtype) if low else contextlib.nullcontext()
+                with ctx:
+                    return model(x, t_rows, s_rep).float()
 
-    for t in reversed(range(schedule.T)):
-        eps = eps_fn(x, t)
-        torch.randn(N, A, device=dev, generator=generator, out=z)  # drawn at t = 0 too, as the authors
-        _update(x, eps, x0, coeffs[t], clip, z if t > 0 else None)
+        for t in reversed(range(schedule.T)):
+            eps = eps_fn(x, t)
+            torch.randn(N, A, device=dev, generator=generator, out=z)  # drawn at t = 0 too, as the authors
+            _update(x, eps, x0, coeffs[t], clip, z if t > 0 else None)
     x.clamp_(-clip, clip)
     return x.view(K, B, A).transpose(0, 1).contiguous()
 
@@ -543,9 +592,11 @@ def twin_min_q(critic: TwinQ, states: torch.Tensor, candidates: torch.Tensor,
     S = states.shape[1]
     x = candidates.transpose(0, 1).reshape(K * B, A)       # candidate-major rows
 
-    def q_values(q: nn.Sequential) -> torch.Tensor:
+    def q_values(q: nn.Sequential, workers: int) -> torch.Tensor:
         first, *rest = mish_mlp_linears(q)
         base = torch.addmm(first.bias, states, first.weight[:, :S].t())
-        return ChunkedMishMLP(first.weight[:, S:], rest, B, K, chunk_rows)(x, base)[:, 0]
+        return ChunkedMishMLP(first.weight[:, S:], rest, B, K, chunk_rows, workers=workers)(x, base)[:, 0]
 
-    return torch.minimum(q_values(critic.q1), q_values(critic.q2)).view(K, B).t().contiguous()
+    with chunk_threads(states.device, K * B, chunk_rows) as workers:
+        q = torch.minimum(q_values(critic.q1, workers), q_values(critic.q2, workers))
+    return q.view(K, B).t().contiguous()
