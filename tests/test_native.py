@@ -168,14 +168,16 @@ def test_twin_critics_batched_equal_the_two_mlps(activation):
     critic = TwinQ(11, 3, [32, 32], activation=activation)
     obs, act = torch.randn(9, 11, generator=gen(10)), torch.randn(9, 3, generator=gen(11))
     q1, q2 = critic(obs, act)
-    x = torch.cat([obs, act], dim=-1)
-    torch.testing.assert_close(q1, critic.q1(x), rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(q2, critic.q2(x), rtol=1e-6, atol=1e-6)
-
     (q1.sum() + 2 * q2.sum()).backward()
     batched = [p.grad.clone() for p in critic.parameters()]
     critic.zero_grad()
-    (critic.q1(x).sum() + 2 * critic.q2(x).sum()).backward()
+    critic.batched = False
+    plain1, plain2 = critic(obs, act)
+    x = torch.cat([obs, act], dim=-1)
+    assert torch.equal(plain1, critic.q1(x)) and torch.equal(plain2, critic.q2(x))
+    torch.testing.assert_close(q1, plain1, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(q2, plain2, rtol=1e-6, atol=1e-6)
+    (plain1.sum() + 2 * plain2.sum()).backward()
     for ours, ref in zip(batched, (p.grad for p in critic.parameters())):
         torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
 
