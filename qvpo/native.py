@@ -1,4 +1,4 @@
-"""qvpo/native.c compiled at first use and called through ctypes: the CPU sampler's Mish kernels.
+"""The CPU sampler's Mish kernels: C source (SOURCE, below) compiled at first use and called through ctypes.
 
 Plain C with no Python or torch headers, so it builds in well under a second with any C compiler (`$CC`,
 else `cc`); ctypes releases the GIL during each call, so the sampler's worker threads run kernels side by
@@ -23,7 +23,6 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("native.c")
 BASE_FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared"]
 
 _LOADED: list = []   # [Kernels or None] once tried
@@ -48,15 +47,16 @@ def build(cache: Path) -> Path:
     """The compiled library in `cache`, compiling it if no build of this source, compiler and flags is there."""
     cc, version = _compiler()
     flags = _flags()
-    source = SOURCE.read_bytes()
+    source = SOURCE.encode()
     key = hashlib.sha256(source + "\0".join([cc, version, *flags]).encode()).hexdigest()[:16]
     library = cache / f"qvpo-native-{key}.so"
     if library.exists():
         return library
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
-        partial = Path(tmp) / library.name
-        done = subprocess.run([cc, *flags, str(SOURCE), "-o", str(partial)], capture_output=True, text=True,
+        partial, source_file = Path(tmp) / library.name, Path(tmp) / "qvpo_native.c"
+        source_file.write_bytes(source)
+        done = subprocess.run([cc, *flags, str(source_file), "-o", str(partial)], capture_output=True, text=True,
                               timeout=120)
         if done.returncode != 0:
             raise RuntimeError(f"{cc} failed: {done.stderr.strip()[-500:]}")
@@ -130,3 +130,189 @@ def kernels() -> Kernels | None:
                       "using torch's operations (slower, equal within float rounding)", file=sys.stderr)
                 _LOADED.append(None)
     return _LOADED[0]
+
+
+# The source lives in this module, so the code hash of the runs that execute it (qvpo.runlog) covers it.
+SOURCE = r"""/* Mish-MLP kernels for the CPU sampler (compiled by qvpo/native.py at first use).
+
+   mish(x) = x tanh(softplus(x)) = x m / (m + 2),  m = e^x (e^x + 2)
+   since tanh(log u) = (u^2 - 1) / (u^2 + 1) with u = 1 + e^x. One exp per element and no cancellation
+   (relative error about 3e-7, tested against torch's mish). Why a kernel: torch runs this as four
+   passes over memory with a general-purpose exp, which took about a quarter of QVPO's update; one
+   fused, vectorised pass takes about half as long, and the thin first and last layers ride along.
+   With AVX2 and FMA (built with -mavx2 -mfma) the loops run 8 floats at a time in intrinsics (the
+   compiler's own vectorisation of the scalar form ran 1.7x slower); the scalar form below does the same
+   arithmetic for row tails and for other CPUs. Reductions keep a fixed order.
+*/
+#include <stdint.h>
+#include <string.h>
+#include <math.h>
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define QVPO_AVX2 1
+#endif
+
+/* e^x, |relative error| < 1.5 ulp on [-80, 20] (Cephes expf: Cody-Waite reduction by ln 2 and a
+   degree-6 polynomial). Inputs are clamped to [-80, 20]: beyond 20, m / (m + 2) is 1 in float32 and
+   the clamp keeps m finite; below -80 mish(x) is below 2e-33 in magnitude either way, and the clamp keeps
+   every intermediate a normal float (subnormal arithmetic is many times slower on x86). */
+#define EXP_LO -80.0f
+#define EXP_HI 20.0f
+#define LOG2E 1.44269504088896341f
+#define LN2_HI 0.693359375f
+#define LN2_LO -2.12194440e-4f
+#define P0 1.9875691500e-4f
+#define P1 1.3981999507e-3f
+#define P2 8.3334519073e-3f
+#define P3 4.1665795894e-2f
+#define P4 1.6666665459e-1f
+#define P5 5.0000001201e-1f
+
+static inline float exp_clamped(float x) {
+    x = fminf(fmaxf(x, EXP_LO), EXP_HI);
+    float k = nearbyintf(x * LOG2E);
+    float r = fmaf(-k, LN2_HI, x);
+    r = fmaf(-k, LN2_LO, r);
+    float p = fmaf(P0, r, P1);
+    p = fmaf(p, r, P2);
+    p = fmaf(p, r, P3);
+    p = fmaf(p, r, P4);
+    p = fmaf(p, r, P5);
+    p = fmaf(p, r * r, r + 1.0f);
+    int32_t bits = ((int32_t)k + 127) << 23; /* 2^k */
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
+static inline float mish1(float x) {
+    float e = exp_clamped(x);
+    float m = e * (e + 2.0f);
+    return x * m / (m + 2.0f);
+}
+
+static inline float mish_slope1(float x) {
+    float e = exp_clamped(x);
+    float m = e * (e + 2.0f);
+    float q = 1.0f / (m + 2.0f);
+    return m * q + 4.0f * x * e * (1.0f + e) * q * q;
+}
+
+#ifdef QVPO_AVX2
+static inline __m256 exp8(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(EXP_LO)), _mm256_set1_ps(EXP_HI));
+    __m256 k = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(LOG2E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(LN2_HI), x);
+    r = _mm256_fnmadd_ps(k, _mm256_set1_ps(LN2_LO), r);
+    __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(P0), r, _mm256_set1_ps(P1));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(P2));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(P3));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(P4));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(P5));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+}
+
+static inline __m256 mish8(__m256 x) {
+    __m256 e = exp8(x);
+    __m256 m = _mm256_mul_ps(e, _mm256_add_ps(e, _mm256_set1_ps(2.0f)));
+    return _mm256_div_ps(_mm256_mul_ps(x, m), _mm256_add_ps(m, _mm256_set1_ps(2.0f)));
+}
+
+static inline __m256 mish_slope8(__m256 x) {
+    __m256 e = exp8(x);
+    __m256 m = _mm256_mul_ps(e, _mm256_add_ps(e, _mm256_set1_ps(2.0f)));
+    __m256 q = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_add_ps(m, _mm256_set1_ps(2.0f)));
+    __m256 t = _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(4.0f), x), e),
+                             _mm256_add_ps(_mm256_set1_ps(1.0f), e));
+    return _mm256_add_ps(_mm256_mul_ps(m, q), _mm256_mul_ps(_mm256_mul_ps(t, q), q));
+}
+#define VECTOR 8
+#else
+#define VECTOR 0
+#endif
+
+/* y[i] = mish(x[i]); y may be x. */
+void mish(const float *x, float *y, long n) {
+    long i = 0;
+#ifdef QVPO_AVX2
+    for (; i + VECTOR <= n; i += VECTOR) _mm256_storeu_ps(y + i, mish8(_mm256_loadu_ps(x + i)));
+#endif
+    for (; i < n; ++i) y[i] = mish1(x[i]);
+}
+
+/* dx[i] = g[i] mish'(x[i]), mish'(x) = m / (m + 2) + 4 x e (1 + e) / (m + 2)^2
+   (= tanh(softplus(x)) + x sigmoid(x) sech^2(softplus(x)), with sech^2 = 4 (1 + e)^2 / (m + 2)^2). */
+void mish_backward(const float *x, const float *g, float *dx, long n) {
+    long i = 0;
+#ifdef QVPO_AVX2
+    for (; i + VECTOR <= n; i += VECTOR)
+        _mm256_storeu_ps(dx + i, _mm256_mul_ps(_mm256_loadu_ps(g + i), mish_slope8(_mm256_loadu_ps(x + i))));
+#endif
+    for (; i < n; ++i) dx[i] = g[i] * mish_slope1(x[i]);
+}
+
+/* The factored first layer: h[r, j] = base[r, j] + sum_a x[r, a] w[a, j] (summed in order a = 0, 1, ...),
+   then its Mish if apply_mish; rows r < rows, j < hidden; base [rows, hidden], x [rows, in_dim],
+   w [in_dim, hidden]. */
+void first_layer(float *h, const float *base, const float *x, const float *w,
+                 long rows, long hidden, long in_dim, int apply_mish) {
+    for (long r = 0; r < rows; ++r) {
+        float *hr = h + r * hidden;
+        const float *br = base + r * hidden, *xr = x + r * in_dim;
+        long j = 0;
+#ifdef QVPO_AVX2
+        for (; j + VECTOR <= hidden; j += VECTOR) {
+            __m256 acc = _mm256_loadu_ps(br + j);
+            for (long a = 0; a < in_dim; ++a)
+                acc = _mm256_fmadd_ps(_mm256_set1_ps(xr[a]), _mm256_loadu_ps(w + a * hidden + j), acc);
+            _mm256_storeu_ps(hr + j, apply_mish ? mish8(acc) : acc);
+        }
+#endif
+        for (; j < hidden; ++j) {
+            float acc = br[j];
+            for (long a = 0; a < in_dim; ++a) acc = fmaf(xr[a], w[a * hidden + j], acc);
+            hr[j] = apply_mish ? mish1(acc) : acc;
+        }
+    }
+}
+
+/* The last hidden layer's Mish and the narrow output layer, transposed:
+   h[r, :] <- mish(h[r, :]); dst[o * dst_stride + r] = sum_j h[r, j] w[o, j]   (w [out_dim, hidden]).
+   The sum runs in 32 interleaved partial sums (4 independent vector chains) added pairwise, then the tail:
+   a fixed order. */
+void mish_project(float *h, long rows, long hidden, const float *w, long out_dim, float *dst, long dst_stride) {
+    for (long r = 0; r < rows; ++r) {
+        float *hr = h + r * hidden;
+        mish(hr, hr, hidden);
+        for (long o = 0; o < out_dim; ++o) {
+            const float *wo = w + o * hidden;
+            float acc[32] = {0.0f};
+            long j = 0;
+#ifdef QVPO_AVX2
+            __m256 v0 = _mm256_setzero_ps(), v1 = v0, v2 = v0, v3 = v0;
+            for (; j + 32 <= hidden; j += 32) {
+                v0 = _mm256_fmadd_ps(_mm256_loadu_ps(hr + j), _mm256_loadu_ps(wo + j), v0);
+                v1 = _mm256_fmadd_ps(_mm256_loadu_ps(hr + j + 8), _mm256_loadu_ps(wo + j + 8), v1);
+                v2 = _mm256_fmadd_ps(_mm256_loadu_ps(hr + j + 16), _mm256_loadu_ps(wo + j + 16), v2);
+                v3 = _mm256_fmadd_ps(_mm256_loadu_ps(hr + j + 24), _mm256_loadu_ps(wo + j + 24), v3);
+            }
+            _mm256_storeu_ps(acc, v0);
+            _mm256_storeu_ps(acc + 8, v1);
+            _mm256_storeu_ps(acc + 16, v2);
+            _mm256_storeu_ps(acc + 24, v3);
+#else
+            for (; j + 32 <= hidden; j += 32)
+                for (int k = 0; k < 32; ++k) acc[k] = fmaf(hr[j + k], wo[j + k], acc[k]);
+#endif
+            /* the 32 partial sums, pairwise */
+            for (int width = 16; width > 0; width /= 2)
+                for (int k = 0; k < width; ++k) acc[k] += acc[k + width];
+            float s = acc[0];
+            for (; j < hidden; ++j) s = fmaf(hr[j], wo[j], s);
+            dst[o * dst_stride + r] = s;
+        }
+    }
+}
+"""

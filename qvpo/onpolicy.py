@@ -44,7 +44,7 @@ from torch import nn
 from qvpo.agent import Agent
 from qvpo.envs import Transition
 from qvpo.errors import UserError
-from qvpo.nets import mlp, zero_grad
+from qvpo.nets import mlp
 from qvpo.settings import CommonSettings, require_positive
 
 RMS_INITIAL_COUNT = 1e-4
@@ -478,7 +478,7 @@ class OnPolicyAgent(Agent):
                                     c.clip_vloss)
                 entropy = gaussian_entropy(std).sum(-1).mean()
                 loss = pg_loss - c.ent_coef * entropy + c.vf_coef * v_loss
-                zero_grad(self.optimizer)
+                self.optimizer.zero_grad()
                 loss.backward()
                 nn.utils.clip_grad_norm_(self.params, c.max_grad_norm)
                 self.optimizer.step()

@@ -29,8 +29,6 @@ TRAINING_EXCLUDED = ("report", "bench")
 
 TRAINING_ROOTS = ("loop", "cli")
 """Modules a training run starts from; with the algorithm's module, their qvpo imports are hashed."""
-COMPILED_SOURCES = {Path("native.py"): [Path("native.c")]}
-"""Non-Python files a module compiles and runs: hashed with it."""
 IMPORT = re.compile(r"^\s*(?:from\s+qvpo((?:\.\w+)*)\s+import\s+([\w, ()]+)|import\s+qvpo((?:\.\w+)+))", re.M)
 
 
@@ -57,7 +55,6 @@ def training_sources(algo: str) -> list[Path]:
         if rel.parts[0] in TRAINING_EXCLUDED or rel == Path("algos/__init__.py"):
             continue
         seen.add(path)
-        seen.update(PACKAGE_DIR / source for source in COMPILED_SOURCES.get(rel, []))
         for package, names, module in IMPORT.findall(path.read_text()):
             if module:
                 todo.append(f"qvpo{module}")

@@ -37,7 +37,7 @@ from torch import nn
 from qvpo.agent import OffPolicyAgent
 from qvpo.diffusion import DiffusionSchedule, q_sample
 from qvpo.errors import UserError
-from qvpo.nets import TwinQ, mlp, soft_update, zero_grad
+from qvpo.nets import TwinQ, mlp, soft_update
 from qvpo.settings import OffPolicySettings, require_positive
 
 
@@ -233,7 +233,7 @@ class QSM(OffPolicyAgent):
         lr = cosine_decay_lr(c.actor_lr, self.n_updates - 1, c.actor_lr_decay_steps)
         for group in self.actor_optimizer.param_groups:
             group["lr"] = lr
-        zero_grad(self.actor_optimizer)
+        self.actor_optimizer.zero_grad()
         actor_loss.backward()
         self.actor_optimizer.step()
         soft_update(self.sampling_actor, self.actor, c.sampling_actor_tau)
@@ -244,7 +244,7 @@ class QSM(OffPolicyAgent):
             y = b["reward"] + c.gamma * (1 - b["terminated"]) * self.critic_target.min_q(b["next_obs"], next_action)
         q1, q2 = self.critic(states, b["action"])
         q_loss = (F.mse_loss(q1, y) + F.mse_loss(q2, y)) / 2  # the authors' mean over the ensemble
-        zero_grad(self.critic_optimizer)
+        self.critic_optimizer.zero_grad()
         q_loss.backward()
         self.critic_optimizer.step()
         soft_update(self.critic_target, self.critic, c.tau)

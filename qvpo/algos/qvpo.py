@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from qvpo.diffusion import (NoisePredictor, NoisePredictorAgent, NoisePredictorSettings, chunk_network, ddpm_sample,
                             twin_min_q, weighted_eps_loss)
-from qvpo.nets import TwinQ, soft_update, twin_q_step, zero_grad
+from qvpo.nets import TwinQ, soft_update, twin_q_step
 from qvpo.settings import require_positive
 
 
@@ -197,7 +197,7 @@ class QVPO(NoisePredictorAgent):
         actor_loss = weighted_eps_loss(self.actor, self.schedule, torch.cat([act_rows, uniform]),
                                        torch.cat([s_rows, s_uniform]), torch.cat([w_rows, w_uniform]),
                                        factored=self.factored)
-        zero_grad(self.actor_optimizer)
+        self.actor_optimizer.zero_grad()
         actor_loss.backward()
         if c.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.actor.parameters(), c.grad_clip)

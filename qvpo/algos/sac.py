@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from qvpo.agent import OffPolicyAgent
-from qvpo.nets import TwinQ, mlp, soft_update, twin_q_step, zero_grad
+from qvpo.nets import TwinQ, mlp, soft_update, twin_q_step
 from qvpo.settings import OffPolicySettings
 
 
@@ -119,7 +119,7 @@ class SAC(OffPolicyAgent):
                 pi, log_pi, _ = self.actor.sample(b["obs"])
                 self.critic.requires_grad_(False)  # its gradients here would be zeroed unused: not computed
                 actor_loss = (alpha * log_pi - self.critic.min_q(b["obs"], pi)).mean()
-                zero_grad(self.actor_optimizer)
+                self.actor_optimizer.zero_grad()
                 actor_loss.backward()
                 self.critic.requires_grad_(True)
                 self.actor_optimizer.step()
@@ -128,7 +128,7 @@ class SAC(OffPolicyAgent):
                     with torch.no_grad():
                         _, log_pi, _ = self.actor.sample(b["obs"])
                     alpha_loss = temperature_loss(self.log_alpha, log_pi, self.target_entropy)
-                    zero_grad(self.alpha_optimizer)
+                    self.alpha_optimizer.zero_grad()
                     alpha_loss.backward()
                     self.alpha_optimizer.step()
                     alpha = self.alpha()

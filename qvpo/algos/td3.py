@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from qvpo.agent import OffPolicyAgent
-from qvpo.nets import TwinQ, mlp, soft_update, twin_q_step, zero_grad
+from qvpo.nets import TwinQ, mlp, soft_update, twin_q_step
 from qvpo.settings import OffPolicySettings
 
 
@@ -78,7 +78,7 @@ class TD3(OffPolicyAgent):
         if self.n_updates % c.policy_frequency == 0:  # delayed policy and target updates
             self.critic.requires_grad_(False)  # its gradients here would be zeroed unused: not computed
             actor_loss = -self.critic.q1(torch.cat([b["obs"], self.actor(b["obs"])], -1)).mean()
-            zero_grad(self.actor_optimizer)
+            self.actor_optimizer.zero_grad()
             actor_loss.backward()
             self.critic.requires_grad_(True)
             self.actor_optimizer.step()

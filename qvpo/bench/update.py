@@ -18,14 +18,10 @@ from qvpo.bench.flops import qvpo_update_flops
 
 class AuthorsOrderQVPO(QVPO):
     """The same update evaluated the way the authors' network computes it: time MLP and whole first layer for
-    every candidate at every step (ddpm_sample factored=False), the critics on B*K materialised rows and one after
-    the other, the loss through the plain forward, torch's Mish throughout."""
+    every candidate at every step (ddpm_sample factored=False), the critics on B*K materialised rows, the loss
+    through the plain forward, torch's Mish throughout."""
 
     factored = False
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.critic.batched = self.critic_target.batched = False
 
 
 def random_batch(obs_dim: int, act_dim: int, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
