@@ -13,7 +13,9 @@ from pipeline_helpers import write_run
 
 from qvpo import report
 from qvpo.cli import main
+from qvpo.report import plots
 from qvpo.report.plots import smoothed
+from qvpo.report.runs import complete_runs
 from qvpo.report.stats import iqm, stratified_bootstrap_ci
 
 ENV = "Hopper-v5"
@@ -149,6 +151,18 @@ def test_figures_are_byte_identical_when_rebuilt(grid, tmp_path, kind):
     for ext in ("png", "pdf"):
         first, second = (tmp_path / "a" / f"fig.{ext}").read_bytes(), (tmp_path / "b" / f"fig.{ext}").read_bytes()
         assert len(first) > 1000 and first == second
+
+
+def test_eval_curves_read_every_evaluation_mode(grid, tmp_path):
+    run = grid / ENV / "sac" / "seed0"
+    df = pd.read_csv(run / "eval.csv")
+    df["return_mean_single"] = df["return_mean"] / 2
+    df.to_csv(run / "eval.csv", index=False)
+    data = plots.eval_curves(complete_runs(grid, [(ENV, "sac", 0), (ENV, "td3", 0)], allow_missing=False))
+    sac = data[data["algo"] == "sac"].set_index(["mode", "step"])["return"]
+    assert sac.loc["single", 600] == 50.0 and sac.loc["evaluate", 600] == 100.0
+    assert set(data[data["algo"] == "td3"]["mode"]) == {"evaluate"}
+    assert main(["plot", "eval-curves", *grid_args(grid), "--out", str(tmp_path / "fig")]) == 0
 
 
 def test_figure_rebuilt_in_a_new_process_is_identical(grid, tmp_path):

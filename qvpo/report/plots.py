@@ -1,7 +1,8 @@
 """The paper's figures with seaborn, as PNG and PDF that are byte-identical when rebuilt.
 
 - eval-curves:    evaluation return against environment steps, one panel per env,
-                  mean over seeds with a +/- 1 std band (figure 3's layout);
+                  mean over seeds with a +/- 1 std band (figure 3's layout); an agent's
+                  extra evaluation modes (QVPO's one-sample policy) dashed beside it;
 - train-curves:   training-episode returns, each run smoothed over a window of steps
                   before averaging over seeds (what the paper's figures 3-5 plot);
 - bandit-actions: where the bandit policy's samples lie as training goes on, one row
@@ -29,6 +30,8 @@ PDF_METADATA = {"Creator": None, "Producer": None, "CreationDate": None}
 DPI = 150
 CURVE_POINTS = 200
 """Points of a smoothed training curve (a common grid, so seeds can be averaged)."""
+LEGEND_CHARS_PER_PANEL, LEGEND_ENTRY_PAD = 44, 6
+"""Legend characters that fit across one panel's width; an entry's line and gaps, in characters."""
 
 
 def save(fig, stem: Path) -> list[Path]:
@@ -39,12 +42,20 @@ def save(fig, stem: Path) -> list[Path]:
     return paths
 
 
+EVAL_MODE = "evaluate"
+"""The evaluation policy's mode (eval.csv's return_mean); other modes log return_mean_<mode>."""
+
+
 def eval_curves(runs: list[Run]) -> pd.DataFrame:
+    """Every run's evaluation returns, one row per step and evaluation mode (column `mode`)."""
     frames = []
     for run in runs:
         df = run.csv("eval.csv")
-        frames.append(pd.DataFrame({"env": run.env, "algo": run.algo, "seed": run.seed, "step": df["step"],
-                                    "return": df["return_mean"]}))
+        columns = {EVAL_MODE: "return_mean"}
+        columns.update({c.removeprefix("return_mean_"): c for c in df.columns if c.startswith("return_mean_")})
+        for mode, column in columns.items():
+            frames.append(pd.DataFrame({"env": run.env, "algo": run.algo, "seed": run.seed, "mode": mode,
+                                        "step": df["step"], "return": df[column]}))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -83,9 +94,13 @@ def curves_figure(data: pd.DataFrame, algos: list[str], ylabel: str, title: str)
     fig = Figure(figsize=(4.2 * cols, 3.3 * rows + 0.8))
     axes = fig.subplots(rows, cols, squeeze=False)
     palette = dict(zip(algos, sns.color_palette("tab10", len(algos))))
+    modes = list(dict.fromkeys(data["mode"])) if "mode" in data else []
+    dashes = {mode: "" if mode == EVAL_MODE else (4, 2) for mode in modes}
+    styled = len(modes) > 1
     for ax, env in zip(axes.flat, envs):
         sns.lineplot(data=data[data["env"] == env], x="step", y="return", hue="algo", hue_order=algos,
-                     palette=palette, estimator="mean", errorbar="sd", ax=ax, legend=False, linewidth=1.2)
+                     palette=palette, estimator="mean", errorbar="sd", ax=ax, legend=False, linewidth=1.2,
+                     **({"style": "mode", "style_order": modes, "dashes": dashes} if styled else {}))
         ax.set_title(env)
         ax.set_xlabel("environment steps")
         ax.set_ylabel(ylabel)
@@ -93,10 +108,15 @@ def curves_figure(data: pd.DataFrame, algos: list[str], ylabel: str, title: str)
     for ax in list(axes.flat)[len(envs):]:
         ax.set_visible(False)
     handles = [Line2D([], [], color=palette[a], label=a) for a in algos if a in set(data["algo"])]
-    ncol = min(len(handles), 4 * cols)  # about four entries fit beside each other per panel's width
+    if styled:
+        handles += [Line2D([], [], color="0.3", dashes=dashes[m], label="evaluation policy" if m == EVAL_MODE else f"'{m}' mode")
+                    for m in modes]
+    widths = [len(h.get_label()) + LEGEND_ENTRY_PAD for h in handles]
+    legend_rows = -(-sum(widths) // (LEGEND_CHARS_PER_PANEL * cols))
+    ncol = -(-len(handles) // legend_rows)
     fig.legend(handles=handles, loc="lower center", ncol=ncol, frameon=False)
     fig.suptitle(title, wrap=True)  # wrapped: a one-panel figure is narrower than most titles
-    legend_rows = -(-len(handles) // ncol)
+    legend_rows = -(-len(handles) // ncol)  # ncol entries per row can still need fewer rows than planned
     fig.tight_layout(rect=(0, (0.08 if rows == 1 else 0.05) * legend_rows, 1, 1))
     return fig
 
