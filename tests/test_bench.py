@@ -3,12 +3,15 @@
 test_diffusion.py.) Tolerances: float32 evaluations in another order agree within 1e-5 absolute
 on these sizes; Mish's rewrite within 2e-6 in value and 1e-5 in gradient."""
 import json
+from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import pytest
 import torch
 from torch.nn import functional as F
 
 from qvpo.algos.qvpo import QVPO, CompiledChunkNetwork, QVPOSettings
+from qvpo.bench.breakdown import loop_ceiling, product_microseconds, profile_products
 from qvpo.bench.flops import noise_net_flops, qvpo_update_flops, twin_critic_flops
 from qvpo.bench.update import AuthorsOrderQVPO, random_batch
 from qvpo.cli import main
@@ -149,6 +152,14 @@ def test_bench_quick_writes_its_files(tmp_path):
     assert set(result["loops"]) == {"sac", "td3", "ppo"}
     assert all(r["ours"]["steps_per_s"] > 0 for r in result["loops"].values())
     assert len(result["cores"]["two_jobs_steps_per_s"]) == 2
+    for algo in ("sac", "td3"):
+        update = result["loops"][algo]["update"]
+        assert update["product_calls"] > 0 and 0 < update["product_ms"] < update["median_ms"]
+    eager = {"ours fp32", "authors' order fp32", "ours bf16 sampling"}
+    assert all(result["update"]["variants"][name]["product_calls"] > 0 for name in eager)
+    ceilings = {t["what"]: t["ceiling"] for t in result["targets"]}
+    assert ceilings["two 1-thread SAC jobs / one job"] is None
+    assert ceilings["QVPO fp32 update: effective rate / fp32 matmul rate"] > 0
     assert "## Targets (issue 6)" in (tmp_path / "bench.md").read_text()
 
 
@@ -156,3 +167,35 @@ def test_bench_refuses_zero_rounds(tmp_path, capsys):
     assert main(["bench", "--quick", "--rounds", "0", "--out", str(tmp_path)]) != 0
     assert "--rounds must be positive, got 0" in capsys.readouterr().err
     assert not (tmp_path / "bench.json").exists()
+
+
+def test_product_time_is_the_callers_plus_the_busiest_other_thread():
+    def event(name, thread, us):
+        return SimpleNamespace(name=name, thread=thread, self_cpu_time_total=us)
+
+    events = [event("aten::addmm", 1, 100.0), event("aten::relu", 1, 50.0), event("aten::mm", 2, 30.0),
+              event("aten::mm", 2, 30.0), event("aten::baddbmm", 3, 40.0), event("aten::copy_", 3, 500.0)]
+    assert product_microseconds(events, caller_thread=1) == (100.0 + 60.0, 4)
+    assert product_microseconds(events[:2], caller_thread=1) == (100.0, 1)
+
+
+def test_profile_products_sees_every_product_on_every_thread():
+    a, b, bias = torch.randn(64, 64), torch.randn(64, 64), torch.randn(64)
+    pool = ThreadPoolExecutor(2)
+
+    def step():
+        torch.mm(a, b)
+        F.linear(a, b, bias)  # one addmm
+        list(pool.map(lambda _: torch.bmm(a[None], b[None]), range(2)))  # one bmm on each of two threads
+        torch.relu(a)
+
+    try:
+        out = profile_products(step, calls=3)
+    finally:
+        pool.shutdown()
+    assert out["product_calls"] == 4 and out["product_ms"] > 0
+
+
+def test_loop_ceiling_by_hand():
+    # SB3 10 ms a step; ours 8 ms, of which a 6 ms update with 3 ms of products: 8 - 6 + 3 = 5 ms
+    assert loop_ceiling(100.0, 125.0, update_ms=6.0, product_ms=3.0) == pytest.approx(2.0)

@@ -5,7 +5,8 @@ One command, one process (plus the two-job measurement's child processes), one r
    authors' FLOPs / time) over the same run's fp32 matmul rate, speed over the authors' order of
    computation; also with bf16 sampling and with compile=True;
 2. steady-state steps per second of our SAC, TD3 and PPO loops against Stable-Baselines3's;
-3. two 1-thread SAC jobs at once against one.
+3. two 1-thread SAC jobs at once against one;
+and, beside the targets, how far each could go were everything but its dense products free (breakdown.py).
 bench.json holds every figure, bench.md a readable table with the machine and the targets.
 """
 from __future__ import annotations
@@ -39,7 +40,7 @@ def _say(text: str) -> None:
 def cmd_bench(args) -> int:
     import torch
 
-    from qvpo.bench import loops, report, update
+    from qvpo.bench import breakdown, loops, report, update
     from qvpo.checkpoint import atomic_write_text
     from qvpo.envs import EnvPool
 
@@ -74,9 +75,16 @@ def cmd_bench(args) -> int:
                 _say(f"timing Stable-Baselines3's {algo.upper()} loop (round {r + 1} of {args.rounds})")
                 rounds["sb3"].append(loops.sb3(algo, w, threads))
         entry = {"window": asdict(w), "ours": loops.median_of_rounds(rounds["ours"])}
+        if algo in loops.OFF_POLICY:
+            _say(f"profiling our {algo.upper()} update")
+            entry["update"] = breakdown.off_policy_update(algo, obs_dim, act_dim, args.quick)
         if rounds["sb3"]:
             entry["sb3"] = loops.median_of_rounds(rounds["sb3"])
             entry["ratio"] = entry["ours"]["steps_per_s"] / entry["sb3"]["steps_per_s"]
+            if "update" in entry:
+                entry["update"]["ceiling_ratio"] = breakdown.loop_ceiling(
+                    entry["sb3"]["steps_per_s"], entry["ours"]["steps_per_s"], entry["update"]["median_ms"],
+                    entry["update"]["product_ms"])
         result["loops"][algo] = entry
     _say("timing one, then two 1-thread SAC jobs")
     result["cores"] = loops.two_jobs(windows["sac"], args.quick)

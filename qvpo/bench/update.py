@@ -13,6 +13,7 @@ import time
 import torch
 
 from qvpo.algos.qvpo import QVPO, QVPOSettings
+from qvpo.bench.breakdown import profile_products
 from qvpo.bench.flops import qvpo_update_flops
 
 
@@ -68,7 +69,8 @@ def bench_update(obs_dim: int, act_dim: int, quick: bool, with_compile: bool, wa
                  repeats: int) -> dict:
     """Median ms per update of each variant, its effective rate (authors' FLOPs / median time), that rate over
     the median fp32 matmul rate of the same rounds (the better of the two shapes), and each variant's speed
-    relative to the authors' order."""
+    relative to the authors' order. Then one profiled update of each eager variant: the ms its dense products
+    need at least, and the ceiling of its rate over the matmul rate were everything else free."""
     if with_compile:  # compile time as on a fresh machine, not from inductor's on-disk cache of earlier runs
         from torch._inductor import config as inductor_config
 
@@ -111,6 +113,10 @@ def bench_update(obs_dim: int, act_dim: int, quick: bool, with_compile: bool, wa
                          "fraction_of_matmul": rate / reference, "speedup_over_authors_order": plain_ms / ms}
         if agents[name].sample_network is not None:
             results[name].update(compile_s=first[name] - ms / 1e3, compiled=agents[name].sample_network.active)
+        else:  # a compiled update's products are inductor's kernels, not the aten ops the profile counts
+            products = profile_products(lambda agent=agents[name]: agent.train_step(batch), calls=1)
+            results[name].update(products, ceiling_fraction_of_matmul=(
+                sum(flops.values()) / (products["product_ms"] / 1e3) / 1e9 / reference))
     return {"obs_dim": obs_dim, "act_dim": act_dim, "warmup_updates": warmup, "timed_updates": repeats,
             "flops_by_part": qvpo_update_flops(obs_dim, act_dim, settings["ours fp32"]),
             "matmul_gflops": matmul_medians, "matmul_gflops_by_round": matmul_rates,
