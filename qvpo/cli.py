@@ -1,4 +1,4 @@
-"""The `qvpo` command: train | evaluate | code-hash (and the report commands).
+"""The `qvpo` command: train | evaluate | code-hash | verify | adopt-legacy (and the report and bench commands).
 
 A mistake of the user's is one line on stderr and exit code 2, never a traceback;
 a run stopped by divergence or a failed write is one line and exit code 3;
@@ -20,6 +20,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from qvpo.adoption import VERIFY_UPDATES
     from qvpo.bench import add_bench_command
     from qvpo.report import add_report_commands
 
@@ -51,8 +52,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto")
     e.add_argument("--threads", type=int, default=None)
 
-    h = sub.add_parser("code-hash", help="print the hash of the code a training run of ALGO executes")
+    h = sub.add_parser("code-hash", help="print the code identity of ALGO's training (what its runs compute)")
     h.add_argument("--algo", required=True)
+    h.add_argument("--definitions", action="store_true", help="also list each definition it covers with its digest")
+
+    v = sub.add_parser("verify", help="re-run a run's beginning on the current code; adopt it if its logs are equal")
+    v.add_argument("run_dir", type=Path)
+    v.add_argument("--updates", type=int, default=VERIFY_UPDATES,
+                   help=f"steps past the warm-up to re-run at least (default {VERIFY_UPDATES})")
+    v.add_argument("--record", type=Path, default=Path("results/adoptions.csv"), help="the adoptions file")
+
+    a = sub.add_parser("adopt-legacy", help="adopt runs made before code identities: their byte hash at COMMIT")
+    a.add_argument("runs", type=Path, nargs="+", help="folders to search for run directories")
+    a.add_argument("--parent", required=True, help="the commit before code identities")
+    a.add_argument("--record", type=Path, default=Path("results/adoptions.csv"), help="the adoptions file")
 
     add_report_commands(sub)
     add_bench_command(sub)
@@ -95,14 +108,33 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_code_hash(args) -> int:
-    from qvpo import algos, runlog
+    from qvpo import algos, identity
 
     algos.get(args.algo)
-    print(runlog.code_hash(args.algo))
+    code = identity.current(args.algo)
+    print(code.hash)
+    if args.definitions:
+        for name, digest in code.definitions.items():
+            print(f"{digest}  {name}")
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "code-hash": cmd_code_hash}
+def cmd_verify(args) -> int:
+    from qvpo.adoption import cmd_verify as verify
+
+    if args.updates <= 0:
+        raise UserError(f"--updates must be positive, got {args.updates}")
+    return verify(args)
+
+
+def cmd_adopt_legacy(args) -> int:
+    from qvpo.adoption import cmd_adopt_legacy
+
+    return cmd_adopt_legacy(args)
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "code-hash": cmd_code_hash, "verify": cmd_verify,
+            "adopt-legacy": cmd_adopt_legacy}
 
 
 def one_line(message: str) -> str:

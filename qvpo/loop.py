@@ -27,7 +27,8 @@ from qvpo import algos, checkpoint, runlog
 from qvpo.agent import Agent, uniform_actions
 from qvpo.envs import EnvPool
 from qvpo.errors import RunStopped, UserError
-from qvpo.settings import NOT_IDENTITY, as_dict, resolve
+from qvpo.identity import changed_definitions
+from qvpo.settings import NOT_IDENTITY, as_dict, rename_aliases, resolve
 
 CKPT_DIR = "checkpoint"
 STATE_FILE = "state.pt"
@@ -160,6 +161,8 @@ class TrainRequest:
     progress: bool | None = None
     stop_before_limit: float = 300.0
     """Inside a SLURM job: checkpoint and stop this many seconds before the job's time limit."""
+    stop_at: int | None = None
+    """Stop at this step, short of `steps` (whose length still sets every schedule): `qvpo verify`."""
 
 
 class Trainer:
@@ -178,6 +181,7 @@ class Trainer:
             torch.set_num_threads(req.threads)
         self.run_dir = Path(req.out)
         self.code = runlog.code_hash(req.algo)
+        self.code_definitions = runlog.code_definitions(req.algo)
         self.settings_dict = as_dict(self.settings)
         self.identity = runlog.identity(req.algo, req.env_id, req.seed, self.settings_dict, self.code)
         self.pool = EnvPool(req.env_id, getattr(self.settings, "num_envs", 1), req.seed)
@@ -192,25 +196,40 @@ class Trainer:
         if self.req.restart:
             return None
         if meta is not None and meta.get("identity") != self.identity:
-            diffs = [k for k in ("algo", "env", "seed", "code_hash") if meta.get(k) != self._meta_base()[k]]
-            if not self._same_settings(d):
-                diffs.append("settings")
-            if diffs == ["code_hash"] and self.req.accept_code_change:
+            diffs = [k for k in ("algo", "env", "seed") if meta.get(k) != self._meta_base()[k]]
+            changed_settings = self._changed_settings(d)
+            if changed_settings:
+                diffs.append(f"settings: {_listed(changed_settings)}")
+            code_only = not diffs and meta.get("code_hash") != self.code
+            if meta.get("code_hash") != self.code:
+                diffs.append(self._code_difference(meta))
+            if code_only and self.req.accept_code_change:
                 return meta
-            hint = " (or --accept-code-change to continue it with the new code)" if diffs == ["code_hash"] else ""
-            raise UserError(f"{d} holds another run (different {', '.join(diffs)}); use --restart to replace it{hint}")
+            hint = " (or --accept-code-change to continue it with the new code)" if code_only else ""
+            raise UserError(f"{d} holds another run (different {'; '.join(diffs)}); use --restart to replace it{hint}")
         if meta is None and d.exists() and any(d.iterdir()):
             raise UserError(f"{d} exists and is not a qvpo run directory; use --restart to replace it")
         return meta
 
-    def _same_settings(self, d: Path) -> bool:
-        """The run's recorded settings equal ours, counting a setting added since as equal at its default."""
+    def _changed_settings(self, d: Path) -> list[str]:
+        """The settings whose recorded value differs from ours, counting a setting added since as equal at
+        its default and reading renamed ones through the alias table."""
         try:
-            old = yaml.safe_load((d / "config.yaml").read_text())["settings"]
+            old = rename_aliases(self.agent_cls.Settings, yaml.safe_load((d / "config.yaml").read_text())["settings"])
         except (OSError, yaml.YAMLError, KeyError, TypeError):
-            return False
+            return ["config.yaml unreadable"]
         defaults = as_dict(self.agent_cls.Settings())
-        return all(old.get(k, defaults[k]) == v for k, v in self.settings_dict.items() if k not in NOT_IDENTITY)
+        return [k for k, v in self.settings_dict.items() if k not in NOT_IDENTITY and old.get(k, defaults[k]) != v]
+
+    def _code_difference(self, meta: dict) -> str:
+        """Which definitions changed since the run's code (or that the pinned library versions did)."""
+        old = meta.get("code_definitions")
+        if old is None:
+            return "code: the run records no definitions (made before they were recorded)"
+        changed = changed_definitions(old, self.code_definitions)
+        if not changed:
+            return "code: the pinned library versions"
+        return f"code: {_listed(changed)}"
 
     def create_dir(self) -> None:
         if self.req.restart and self.run_dir.exists():
@@ -219,7 +238,8 @@ class Trainer:
 
     def _meta_base(self) -> dict:
         r = self.req
-        return {"identity": self.identity, "algo": r.algo, "env": r.env_id, "seed": r.seed, "code_hash": self.code}
+        return {"identity": self.identity, "algo": r.algo, "env": r.env_id, "seed": r.seed, "code_hash": self.code,
+                "code_definitions": self.code_definitions}
 
     # -- checkpoint ---------------------------------------------------------------------
     def save_checkpoint(self, step: int) -> None:
@@ -311,7 +331,8 @@ class Trainer:
             resumes, code_history = [], []
         self.t_start = time.monotonic()
         self.meta = {**self._meta_base(), "git_commit": runlog.git_commit(), "versions": runlog.versions(),
-                     "device": str(self.device), "threads": torch.get_num_threads(), "status": "running",
+                     "device": str(self.device), "machine": runlog.machine(str(self.device)),
+                     "threads": torch.get_num_threads(), "status": "running",
                      "steps": req.steps, "step": step, "resumed_from_step": resumes, "code_history": code_history,
                      "wall_time_s": round(self.time_before, 3), "last_eval_return": self.last_eval}
         runlog.write_config(self.run_dir, req.algo, req.env_id, req.seed, self.settings_dict)
@@ -349,7 +370,7 @@ class Trainer:
             for log in self.logs:
                 log.close()
             self.pool.close()
-        self.meta.update(status="complete")
+        self.meta.update(status="complete" if req.stop_at is None else "stopped")
         runlog.write_meta(self.run_dir, self.meta)
         return 0
 
@@ -360,7 +381,7 @@ class Trainer:
         req, s, agent = self.req, self.settings, self.agent
         n = len(self.pool.envs)
         warmup = getattr(s, "warmup_steps", 0) if agent.uses_warmup else 0
-        while step < req.steps:
+        while step < (req.stop_at or req.steps):
             prev = step
             if step < warmup:
                 action = uniform_actions(self.action_rng, n, self.pool.act_dim)
@@ -442,6 +463,11 @@ class Trainer:
         actions = self.agent.act(obs, "policy").cpu().numpy()
         for j, a in enumerate(actions):
             self.actions_log.write({"step": step, "sample": j, **{f"a{i}": float(x) for i, x in enumerate(a)}})
+
+
+def _listed(names: list[str], most: int = 8) -> str:
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return ", ".join(names[:most]) + more
 
 
 def crossed(prev: int, now: int, every: int) -> bool:

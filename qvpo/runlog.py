@@ -4,7 +4,8 @@
     RUN_DIR/eval.csv       one row per evaluation (tracked)
     RUN_DIR/train.csv      one row per training episode, with mean losses since the last row (tracked)
     RUN_DIR/actions.csv    recorded policy samples, when asked for (tracked)
-    RUN_DIR/meta.json      identity, code hash, versions, device, threads, status, resumes (tracked)
+    RUN_DIR/meta.json      identity, code hash and definitions, versions, device, machine, threads, status,
+                           resumes (tracked)
     RUN_DIR/checkpoint/    everything needed to continue exactly (never tracked)
 """
 from __future__ import annotations
@@ -13,69 +14,80 @@ import csv
 import hashlib
 import json
 import platform
-import re
 import subprocess
 from pathlib import Path
 
 import yaml
 
+from qvpo import identity as code_identity
 from qvpo.checkpoint import atomic_write_text
 from qvpo.settings import NOT_IDENTITY
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-TRAINING_EXCLUDED = ("report", "bench")
-"""Subpackages that cannot change what a training run learns or records."""
-
-
-TRAINING_ROOTS = ("loop", "cli")
-"""Modules a training run starts from; with the algorithm's module, their qvpo imports are hashed."""
-IMPORT = re.compile(r"^\s*(?:from\s+qvpo((?:\.\w+)*)\s+import\s+([\w, ()]+)|import\s+qvpo((?:\.\w+)+))", re.M)
-
-
-def _module_path(dotted: str) -> Path | None:
-    """qvpo.a.b -> its file (a module or a package's __init__), or None."""
-    base = PACKAGE_DIR.joinpath(*dotted.split(".")[1:]) if "." in dotted else PACKAGE_DIR
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def training_sources(algo: str) -> list[Path]:
-    """The package files a training run of `algo` can execute: the import closure of the loop, the
-    CLI and the algorithm's module. Other algorithms, the algorithm registry (a name -> module table)
-    and the report and bench subpackages stay out, so editing one algorithm changes only its runs."""
-    todo = [f"qvpo.{m}" for m in TRAINING_ROOTS] + [f"qvpo.algos.{algo}"]
-    seen: set[Path] = set()
-    while todo:
-        path = _module_path(todo.pop())
-        if path is None or path in seen:
-            continue
-        rel = path.relative_to(PACKAGE_DIR)
-        if rel.parts[0] in TRAINING_EXCLUDED or rel == Path("algos/__init__.py"):
-            continue
-        seen.add(path)
-        for package, names, module in IMPORT.findall(path.read_text()):
-            if module:
-                todo.append(f"qvpo{module}")
-            else:
-                todo.append(f"qvpo{package}")
-                todo += [f"qvpo{package}.{n.strip()}" for n in names.strip("()").split(",") if n.strip()]
-    return sorted(seen)
 
 
 def code_hash(algo: str) -> str:
-    """sha256 (16 hex) over `training_sources(algo)`, names and contents."""
-    h = hashlib.sha256()
-    for path in training_sources(algo):
-        h.update(str(path.relative_to(PACKAGE_DIR)).encode() + b"\0" + path.read_bytes() + b"\0")
-    return h.hexdigest()[:16]
+    """The code identity of `algo`'s training (qvpo.identity): what it computes, not its bytes."""
+    return code_identity.current(algo).hash
+
+
+def code_definitions(algo: str) -> dict[str, str]:
+    """Each definition `algo`'s training reaches -> its digest: a refusal names the ones that changed."""
+    return code_identity.current(algo).definitions
+
+
+def training_sources(algo: str) -> list[Path]:
+    """The package files holding the definitions `algo`'s training reaches."""
+    return list(code_identity.current(algo).files)
 
 
 def identity(algo: str, env_id: str, seed: int, settings: dict, code: str) -> str:
     learned = {k: v for k, v in settings.items() if k not in NOT_IDENTITY}
     blob = json.dumps({"algo": algo, "env": env_id, "seed": seed, "settings": learned, "code": code}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def marker_key(run: str, env_id: str, seed: int, steps: int, identity: str) -> str:
+    """The key of a run's pipeline marker done-<key>.json: run (the algorithm or variant name of its
+    directory), env, seed, the steps asked for and the run's identity."""
+    return _short_hash({"run": run, "env": env_id, "seed": seed, "steps": steps, "identity": identity})
+
+
+def final_key(marker: str, episodes: int, evaluate_code: str) -> str:
+    """The key of a run's final evaluation final-<key>.json: its marker's key, the episodes and the code
+    identity of `qvpo evaluate` for its algorithm."""
+    return _short_hash({"marker": marker, "episodes": episodes, "evaluate_code": evaluate_code})
+
+
+def _short_hash(data) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+ISA_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile", "asimd", "sve")
+"""CPU features that decide which kernels torch and qvpo.native run, hence how results round."""
+
+
+def machine(device: str = "cpu") -> dict:
+    """The machine kind a run's numbers are bit-exact on: CPU vendor, model and instruction sets, and the
+    GPU when it ran on one. Recorded in meta.json, never part of the identity."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    info: dict[str, str] = {}
+    for line in text.splitlines():  # the first processor's lines
+        key, _, value = line.partition(":")
+        info.setdefault(key.strip(), value.strip())
+    flags = set((info.get("flags") or info.get("Features") or "").split())
+    cpu = {"arch": platform.machine(), "vendor": info.get("vendor_id", ""),
+           "model": info.get("model name") or platform.processor() or "unknown",
+           "isa": sorted(flags & set(ISA_FLAGS))}
+    found = {"cpu": cpu}
+    if device.startswith("cuda"):
+        import torch
+
+        found["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return found
 
 
 def git_commit() -> str | None:

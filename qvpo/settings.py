@@ -48,6 +48,24 @@ class OffPolicySettings(CommonSettings):
 NOT_IDENTITY = {"checkpoint_every"}
 """Settings that change neither what is learned nor what is recorded."""
 
+SETTING_ALIASES: dict[str, str] = {}
+"""Renamed settings, old name -> new name: configs, `--set` and committed runs' config.yaml written
+with the old name keep loading (a rename is adopted by `qvpo verify`, see README "Run identity")."""
+
+
+def rename_aliases(cls: type, values: dict[str, object]) -> dict[str, object]:
+    """`values` with each old name of a setting of `cls` written as its new name."""
+    types = field_types(cls)
+    renamed = {}
+    for key, value in values.items():
+        new = SETTING_ALIASES.get(key)
+        if new is not None and new in types and key not in types:
+            if new in values:
+                raise UserError(f"setting '{key}' is the old name of '{new}'; give one of them, not both")
+            key = new
+        renamed[key] = value
+    return renamed
+
 
 def _check_type(key: str, value: object, hint: object) -> object:
     origin = typing.get_origin(hint)
@@ -113,7 +131,7 @@ def resolve(cls: type, overrides: dict[str, object]):
     """An instance of settings class `cls` with `overrides` applied and type-checked."""
     types = field_types(cls)
     values = {}
-    for key, value in overrides.items():
+    for key, value in rename_aliases(cls, overrides).items():
         if key not in types:
             close = [k for k in types if k.startswith(str(key)[:3])]
             hint = f" (did you mean {', '.join(close)}?)" if close else ""

@@ -4,10 +4,12 @@ Reruns are decided by file names, never by modification times or .snakemake meta
 (a fresh clone has neither): every input is ancient(), what a file was made from is a
 hash in its path, and the target rules (all, table, figures) ask for those hash-named
 files, so a changed hash means a missing file and the jobs that make it and follow it.
-- A run's marker done-<key>.json: key = hash of what `qvpo train` is asked for (algorithm,
-  env, seed, steps, settings) and the code hash of that algorithm (qvpo.runlog.code_hash:
-  its module and the shared ones). Edit sac.py and only sac runs get new keys.
-- Its final evaluation final-<key>.json: key = hash of the marker's key and the episodes.
+- A run's marker done-<key>.json: key = qvpo.runlog.marker_key of the run (algorithm or variant,
+  env, seed, steps) and its identity (settings and the algorithm's code identity, qvpo.identity:
+  what its training computes, not the bytes of its source). Change what SAC computes and only SAC
+  runs get new keys; a comment or a moved helper changes no key.
+- Its final evaluation final-<key>.json: key = qvpo.runlog.final_key of the marker's key, the
+  episodes and the code identity of `qvpo evaluate` for the algorithm.
 - Each figure depends on provenance/<figure>-<hash>.json: hash of the qvpo.report code the
   command runs and its arguments. Edit plots.py and only figures rerun.
 - The table writes provenance/table-<hash>.json itself, its hash also covering the runs'
@@ -27,6 +29,7 @@ from snakemake.logging import logger
 
 import qvpo
 from qvpo import algos as registry
+from qvpo import identity as code_identity
 from qvpo import runlog
 from qvpo.errors import UserError
 from qvpo.report import code_hash as report_code_hash
@@ -80,8 +83,8 @@ check_config()
 
 
 @cache
-def algo_code_hash(algo: str) -> str:
-    return runlog.code_hash(algo)
+def algo_code_hash(algo: str, evaluation: bool = False) -> str:
+    return code_identity.current(algo, evaluation).hash
 
 
 def authors_env_settings(algo: str, env: str) -> dict:
@@ -114,14 +117,23 @@ def run_request(env: str, algo: str) -> dict:
     return {"algo": base, "steps": steps, "set": sets, "resources": resources, "settings": settings}
 
 
-def train_key(env: str, algo: str, seed) -> str:
+@cache
+def run_identity(env: str, algo: str, seed: int) -> str:
+    """qvpo train's identity of this run: the run directory resumes only if its meta.json has it."""
     r = run_request(env, algo)
-    return short_hash({"env": env, "algo": algo, "seed": int(seed), "base": r["algo"], "steps": r["steps"],
-                       "set": r["set"], "code": algo_code_hash(r["algo"])})
+    if r["settings"] is None:  # an unregistered algorithm: qvpo train will say so
+        return "unknown"
+    return runlog.identity(r["algo"], env, seed, r["settings"], algo_code_hash(r["algo"]))
+
+
+def train_key(env: str, algo: str, seed) -> str:
+    return runlog.marker_key(algo, env, int(seed), run_request(env, algo)["steps"], run_identity(env, algo, int(seed)))
 
 
 def eval_key(env: str, algo: str, seed) -> str:
-    return short_hash({"train": train_key(env, algo, seed), "episodes": config["final_eval_episodes"]})
+    base = base_algo(algo)
+    evaluate_code = algo_code_hash(base, True) if base in registry.ALGORITHMS else "unknown"
+    return runlog.final_key(train_key(env, algo, seed), config["final_eval_episodes"], evaluate_code)
 
 
 def run_dir(env: str, algo: str, seed) -> str:
@@ -162,11 +174,8 @@ def set_flags(wildcards) -> str:
 
 
 def expected_identity(wildcards) -> str:
-    """qvpo train's identity of this run: the run directory resumes only if its meta.json has it."""
-    r = train_request(wildcards)
-    if r["settings"] is None:  # an unregistered algorithm: qvpo train will say so
-        return "unknown"
-    return runlog.identity(r["algo"], wildcards.env, int(wildcards.seed), r["settings"], algo_code_hash(r["algo"]))
+    train_request(wildcards)  # refuses an old marker's key
+    return run_identity(wildcards.env, wildcards.algo, int(wildcards.seed))
 
 
 def train_resource(name: str):

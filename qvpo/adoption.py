@@ -1,0 +1,229 @@
+"""Keeping committed runs across changes of identity: `qvpo verify` and `qvpo adopt-legacy`.
+
+A run belongs to the identity of the code that made it (qvpo.identity). When a change renames or
+restructures code, the runs it touches are kept only when shown equivalent:
+  - `qvpo verify RUN_DIR` re-runs the run's beginning past its warm-up (at least VERIFY_UPDATES
+    environment steps of updates, to an evaluation) from scratch on the current code, and compares
+    eval.csv, train.csv and actions.csv with the run's, every column but the wall times, value by
+    value as written. Equal: the run is adopted under the current identity.
+  - `qvpo adopt-legacy --parent COMMIT RUNS...` adopts the runs made before identities followed what
+    code computes: those whose recorded code hash is the byte hash of their algorithm's sources at
+    COMMIT (the parent of the change that brought identities), with no code history.
+Adopting rewrites meta.json (identity, code hash and definitions, and the adoption), renames the
+pipeline's markers done-<key>.json and final-<key>.json to the current keys, and appends a row to
+the adoptions file (results/adoptions.csv).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from qvpo import algos, runlog
+from qvpo.errors import UserError
+from qvpo.identity import current as current_code
+from qvpo.settings import as_dict, rename_aliases, resolve
+
+VERIFY_UPDATES = 3000
+"""Environment steps past the warm-up that `verify` re-runs at least (one update each off-policy)."""
+NOT_COMPARED = {"wall_time_s"}
+"""Columns that differ between any two runs of the same computation."""
+COMPARED_LOGS = ("eval.csv", "train.csv", "actions.csv")
+ADOPTION_COLUMNS = ["run", "old_identity", "new_identity", "old_code", "new_code", "commit", "how"]
+
+
+def read_run(run_dir: Path) -> tuple[dict, dict]:
+    meta = runlog.read_meta(run_dir)
+    if meta is None:
+        raise UserError(f"{run_dir} is not a qvpo run directory (no readable meta.json)")
+    try:
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        config["settings"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        raise UserError(f"{run_dir}/config.yaml is missing or unreadable") from None
+    return meta, config
+
+
+def current_settings(config: dict) -> dict:
+    """The run's recorded settings as the current settings class reads them (renamed keys through the alias table)."""
+    cls = algos.get(config["algo"]).Settings
+    return as_dict(resolve(cls, rename_aliases(cls, config["settings"])))
+
+
+def verify_stop(settings: dict, uses_warmup: bool, steps: int, updates: int = VERIFY_UPDATES) -> int:
+    """The first evaluation step at least `updates` steps past the warm-up, or the run's end."""
+    warmup = settings.get("warmup_steps", 0) if uses_warmup else 0
+    every = settings["eval_every"]
+    return min(steps, -(-(warmup + updates) // every) * every)
+
+
+def _rows(path: Path, until: int) -> tuple[list[str], list[list[str]]]:
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, [])
+        rows = [r for r in reader if r and r[0].isdigit() and int(r[0]) <= until]
+    return header, rows
+
+
+def first_difference(committed: Path, fresh: Path, until: int) -> str | None:
+    """None when the two logs hold the same values up to step `until` (NOT_COMPARED columns aside);
+    else where they first differ."""
+    header, old = _rows(committed, until)
+    new_header, new = _rows(fresh, until)
+    if header != new_header:
+        return f"{committed.name}: columns differ ({','.join(header)} against {','.join(new_header)} now)"
+    kept = [i for i, c in enumerate(header) if c not in NOT_COMPARED]
+    for n, (a, b) in enumerate(zip(old, new), start=2):  # line 1 is the header
+        for i in kept:
+            if a[i] != b[i]:
+                return (f"{committed.name} line {n} (step {a[0]}) differs first: {header[i]} is {a[i]} in the run, "
+                        f"{b[i]} now")
+    if len(old) != len(new):
+        return f"{committed.name}: {len(old)} rows up to step {until} in the run, {len(new)} now"
+    return None
+
+
+def describe(machine: dict) -> str:
+    cpu = machine.get("cpu", {})
+    text = f"{cpu.get('model', '?')} ({cpu.get('arch', '?')}; {' '.join(cpu.get('isa', [])) or 'no listed ISA'})"
+    return text + (f", GPU {machine['gpu']}" if "gpu" in machine else "")
+
+
+def cmd_verify(args) -> int:
+    from qvpo.loop import Trainer, TrainRequest
+
+    run_dir: Path = args.run_dir
+    meta, config = read_run(run_dir)
+    agent_cls = algos.get(config["algo"])
+    settings = current_settings(config)
+    here = runlog.machine(meta.get("device", "cpu") if meta.get("device", "cpu").startswith("cuda") else "cpu")
+    recorded = meta.get("machine")
+    if recorded is not None and recorded != here:
+        raise UserError(f"{run_dir} was trained on {describe(recorded)}; this machine is {describe(here)}: "
+                        "its numbers are bit-exact only on the machine kind that trained it, so verify it there")
+    stop = verify_stop(settings, agent_cls.uses_warmup, meta["steps"], args.updates)
+    if meta.get("step", 0) < stop:
+        raise UserError(f"{run_dir} has reached step {meta.get('step', 0)}; verify needs it at step {stop} or beyond")
+    print(f"qvpo: verify {run_dir}: re-running steps 0 to {stop} of {meta['steps']} on the current code "
+          f"({meta.get('threads')} threads, device {meta.get('device', 'cpu')})", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="qvpo-verify-") as tmp:
+        trainer = Trainer(TrainRequest(config["algo"], config["env"], config["seed"], meta["steps"], Path(tmp) / "run",
+                                       settings, meta.get("device", "cpu"), meta.get("threads"), restart=True,
+                                       progress=False, stop_at=stop))
+        trainer.run()
+        for name in COMPARED_LOGS:
+            if (run_dir / name).exists() or (Path(tmp) / "run" / name).exists():
+                if not (run_dir / name).exists() or not (Path(tmp) / "run" / name).exists():
+                    print(f"qvpo: verify failed: {name} exists on one side only", file=sys.stderr)
+                    return 1
+                difference = first_difference(run_dir / name, Path(tmp) / "run" / name, stop)
+                if difference is not None:
+                    unknown = "" if recorded is not None else (
+                        "; the run records no machine kind, so the CPU kind that trained it may differ from this one "
+                        f"({describe(here)})")
+                    print(f"qvpo: verify failed: {difference}{unknown}", file=sys.stderr)
+                    return 1
+    if trainer.identity == meta.get("identity"):
+        print(f"qvpo: verified {run_dir} up to step {stop}: its identity {trainer.identity} is already current")
+        return 0
+    adopt(run_dir, meta, trainer.settings_dict, trainer.identity, trainer.code, trainer.code_definitions,
+          f"qvpo verify: logs equal up to step {stop}", args.record)
+    print(f"qvpo: verified {run_dir} up to step {stop}; adopted: identity {meta['identity']} -> {trainer.identity} "
+          f"(recorded in {args.record})")
+    return 0
+
+
+def adopt(run_dir: Path, meta: dict, settings: dict, identity: str, code: str, definitions: dict, how: str,
+          record: Path) -> None:
+    """Move a run to a new identity: meta.json, config.yaml, the pipeline's markers and the adoptions file."""
+    commit = runlog.git_commit()
+    old_identity, old_code = meta["identity"], meta.get("code_hash")
+    adoptions = list(meta.get("adoptions", []))
+    adoptions.append({"from_identity": old_identity, "from_code_hash": old_code, "commit": commit, "how": how})
+    meta.update(identity=identity, code_hash=code, code_definitions=definitions, adoptions=adoptions)
+    runlog.write_config(run_dir, meta["algo"], meta["env"], meta["seed"], settings)
+    runlog.write_meta(run_dir, meta)
+    rename_markers(run_dir, meta)
+    new_file = not record.exists()
+    record.parent.mkdir(parents=True, exist_ok=True)
+    with open(record, "a", newline="") as f:
+        writer = csv.writer(f)
+        if new_file:
+            writer.writerow(ADOPTION_COLUMNS)
+        writer.writerow([str(run_dir), old_identity, identity, old_code, code, commit, how])
+
+
+def rename_markers(run_dir: Path, meta: dict) -> None:
+    """done-<key>.json and final-<key>.json (made by the pipeline) renamed to the run's current keys; the
+    marker holds a copy of meta.json, as the train rule writes it."""
+    key = runlog.marker_key(run_dir.parent.name, meta["env"], meta["seed"], meta["steps"], meta["identity"])
+    for done in run_dir.glob("done-*.json"):
+        done.unlink()
+        (run_dir / f"done-{key}.json").write_text((run_dir / "meta.json").read_text())
+    evaluate_code = current_code(meta["algo"], evaluation=True).hash
+    for final in run_dir.glob("final-*.json"):
+        episodes = json.loads(final.read_text())["episodes"]
+        final.rename(run_dir / f"final-{runlog.final_key(key, episodes, evaluate_code)}.json")
+
+
+# ------------------------------------------------------------------------- before identities
+LEGACY_HASH = """
+import json, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+import qvpo.runlog as runlog
+assert Path(runlog.__file__).is_relative_to(sys.argv[1]), runlog.__file__
+print(json.dumps({a: runlog.code_hash(a) for a in sys.argv[2:]}))
+"""
+"""Runs the byte hash of the commit's own runlog.code_hash on its sources (its tree in argv[1])."""
+
+
+def legacy_hashes(commit: str, names: list[str]) -> dict[str, str]:
+    """Each algorithm's byte hash of its sources at `commit` (the code hash before identities)."""
+    repo = runlog.PACKAGE_DIR.parent
+    with tempfile.TemporaryDirectory(prefix="qvpo-legacy-") as tmp:
+        archive = subprocess.run(["git", "archive", commit, "qvpo"], cwd=repo, capture_output=True)
+        if archive.returncode != 0:
+            raise UserError(f"cannot read commit {commit}: {archive.stderr.decode().strip()}")
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
+        out = subprocess.run([sys.executable, "-c", LEGACY_HASH, tmp, *names], capture_output=True, text=True)
+        if out.returncode != 0:
+            raise UserError(f"cannot compute the byte hashes at {commit}: {out.stderr.strip().splitlines()[-1]}")
+        return json.loads(out.stdout)
+
+
+def cmd_adopt_legacy(args) -> int:
+    metas = sorted(p for root in args.runs for p in Path(root).rglob("meta.json"))
+    if not metas:
+        raise UserError(f"no run directories under {', '.join(map(str, args.runs))}")
+    names = sorted(algos.ALGORITHMS)
+    byte_hashes = legacy_hashes(args.parent, names)
+    adopted = skipped = 0
+    for path in metas:
+        run_dir = path.parent
+        meta, config = read_run(run_dir)
+        algo = meta["algo"]
+        reason = None
+        if meta.get("code_definitions") is not None:
+            reason = "already has a code identity"
+        elif meta.get("code_history"):
+            reason = "has a code history (continued across code changes)"
+        elif meta.get("code_hash") != byte_hashes.get(algo):
+            reason = f"code hash {meta.get('code_hash')} is not {algo}'s byte hash at {args.parent}"
+        if reason:
+            print(f"qvpo: kept as it is: {run_dir}: {reason}", file=sys.stderr)
+            skipped += 1
+            continue
+        settings = current_settings(config)
+        code = current_code(algo)
+        identity = runlog.identity(algo, meta["env"], meta["seed"], settings, code.hash)
+        adopt(run_dir, meta, settings, identity, code.hash, code.definitions,
+              f"byte hash of {args.parent} ({meta['code_hash']})", args.record)
+        adopted += 1
+    print(f"qvpo: adopted {adopted} runs, kept {skipped} as they were (recorded in {args.record})")
+    return 0

@@ -1,0 +1,112 @@
+"""`qvpo verify`: a run re-run from scratch on changed code is adopted when its logs are equal and refused,
+naming the first differing row, when they are not; `qvpo train` says what differs."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import meta, tiny_args
+
+PACKAGE = Path(__file__).resolve().parents[1] / "qvpo"
+
+
+def qvpo(args: list[str], package: Path | None = None) -> subprocess.CompletedProcess:
+    """`qvpo ARGS` in a fresh interpreter, importing the package at `package` (a changed copy) when given."""
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    if package is not None:  # run from its folder: `python -m` puts the working directory first on the path
+        env["PYTHONPATH"] = str(package.parent)
+    return subprocess.run([sys.executable, "-m", "qvpo", *args], capture_output=True, text=True, timeout=300,
+                          env=env, cwd=package.parent if package is not None else None)
+
+
+def changed_copy(tmp_path: Path, old: str, new: str, file: str = "algos/sac.py") -> Path:
+    root = tmp_path / "changed" / "qvpo"
+    shutil.copytree(PACKAGE, root, ignore=shutil.ignore_patterns("__pycache__"))
+    for path in [root / file] if file else root.rglob("*.py"):
+        text = path.read_text()
+        assert old in text or not file
+        path.write_text(text.replace(old, new))
+    return root
+
+
+@pytest.fixture(scope="module")
+def sac_run(tmp_path_factory) -> Path:
+    """A tiny SAC run, with the pipeline's markers beside it."""
+    run = tmp_path_factory.mktemp("committed") / "sac" / "seed0"
+    out = qvpo(tiny_args("sac", run, steps=600))
+    assert out.returncode == 0, out.stderr
+    (run / "done-0123456789abcdef.json").write_text((run / "meta.json").read_text())
+    (run / "final-fedcba9876543210.json").write_text(json.dumps({"episodes": 2, "return_mean": 1.0}))
+    return run
+
+
+def fresh(sac_run: Path, tmp_path: Path) -> Path:
+    run = tmp_path / "sac" / "seed0"
+    shutil.copytree(sac_run, run)
+    return run
+
+
+def test_meta_records_the_code_definitions_and_the_machine_kind(sac_run):
+    m = meta(sac_run)
+    assert "temperature_loss" in m["code_definitions"] and "gae" not in m["code_definitions"]
+    assert m["machine"]["cpu"]["model"] and isinstance(m["machine"]["cpu"]["isa"], list)
+
+
+def test_a_rename_is_verified_and_adopted(sac_run, tmp_path):
+    run = fresh(sac_run, tmp_path)
+    renamed = changed_copy(tmp_path, "temperature_loss", "temperature_objective", file="")
+    old = meta(run)
+    out = qvpo(["verify", str(run), "--updates", "200", "--record", str(tmp_path / "adoptions.csv")], renamed)
+    assert out.returncode == 0, out.stderr
+    new = meta(run)
+    identity = qvpo(["code-hash", "--algo", "sac"], renamed).stdout.strip()
+    assert new["code_hash"] == identity != old["code_hash"] and new["identity"] != old["identity"]
+    assert "temperature_objective" in new["code_definitions"] and "temperature_loss" not in new["code_definitions"]
+    rows = list(csv.DictReader(open(tmp_path / "adoptions.csv")))
+    assert [(r["old_identity"], r["new_identity"], r["new_code"]) for r in rows] == [
+        (old["identity"], new["identity"], identity)]
+    assert rows[0]["how"].startswith("qvpo verify: logs equal up to step 400")
+    (done,) = run.glob("done-*.json")
+    (final,) = run.glob("final-*.json")
+    assert done.name != "done-0123456789abcdef.json" and json.loads(done.read_text())["identity"] == new["identity"]
+    assert final.name != "final-fedcba9876543210.json"
+    # the adopted run is the current code's: train finds it complete instead of refusing it
+    out = qvpo(tiny_args("sac", run, steps=600), renamed)
+    assert out.returncode == 0 and "already complete" in out.stderr, out.stderr
+
+
+def test_a_one_constant_change_fails_verify_naming_the_first_differing_row(sac_run, tmp_path):
+    run = fresh(sac_run, tmp_path)
+    before = (run / "meta.json").read_text()
+    changed = changed_copy(tmp_path, "(log_pi + target_entropy)).mean()", "(log_pi + target_entropy)).mean() * 0.5")
+    out = qvpo(["verify", str(run), "--updates", "200", "--record", str(tmp_path / "adoptions.csv")], changed)
+    assert out.returncode == 1
+    assert "verify failed: eval.csv line" in out.stderr or "verify failed: train.csv line" in out.stderr
+    assert "differs first" in out.stderr
+    assert (run / "meta.json").read_text() == before and not (tmp_path / "adoptions.csv").exists()
+    # qvpo train refuses the run and names the definition that changed
+    out = qvpo(tiny_args("sac", run, steps=600), changed)
+    assert out.returncode == 2 and "different code: temperature_loss" in out.stderr, out.stderr
+
+
+def test_verify_refuses_a_run_of_another_machine_kind(sac_run, tmp_path):
+    run = fresh(sac_run, tmp_path)
+    m = meta(run)
+    m["machine"]["cpu"]["model"] = "Another CPU"
+    (run / "meta.json").write_text(json.dumps(m))
+    out = qvpo(["verify", str(run), "--record", str(tmp_path / "adoptions.csv")])
+    assert out.returncode == 2 and "bit-exact only on the machine kind that trained it" in out.stderr
+
+
+def test_verify_rejects_bad_input(tmp_path):
+    out = qvpo(["verify", str(tmp_path)])
+    assert out.returncode == 2 and "not a qvpo run directory" in out.stderr
+    out = qvpo(["verify", str(tmp_path), "--updates", "0"])
+    assert out.returncode == 2 and "--updates must be positive" in out.stderr
