@@ -223,7 +223,7 @@ def report_sources(product: str) -> list[str]:
     results/, so it reruns nothing."""
     command = report_command(product)[0]
     grid = "table" if product == "table" else FIGURES[product]["grid"]
-    algos = sorted({base_algo(algo) for _, algo, _ in grid_runs(grid)})
+    algos = sorted({base_algo(algo) for _, algo, _ in grid_runs(grid)} & set(registry.ALGORITHMS))
     files = [*report_sources_of(command), *(f for algo in algos for f in runlog.training_sources(algo))]
     return sorted({str(f) for f in files} | {str(Path(f).resolve()) for f in workflow.configfiles})
 
