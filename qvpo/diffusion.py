@@ -2,7 +2,7 @@
 
 Source of every default: the QVPO authors' code, wadx2019/qvpo@40a1974
 (agent/diffusion.py, agent/model.py, agent/helpers.py; the helpers are DIPO's,
-BellmanTimeHut/DIPO, which took them from diffusion-QL). ALGORITHMS.md summarises.
+BellmanTimeHut/DIPO, which took them from diffusion-QL). docs/algorithms.md summarises.
 
 Layout and speed. The sampler is the hot path of the whole project: QVPO draws
 256 states x 64 candidates x 20 steps per update. The noise net's first Linear acts

@@ -2,7 +2,7 @@
 
 Agents act in [-1, 1]^d; `EnvPool` maps actions to each env's bounds at the boundary
 and autoresets in the same step (gymnasium's vector envs default to NEXT_STEP, whose
-reset transition must never reach a buffer, ALGORITHMS.md), returning the true final
+reset transition must never reach a buffer, docs/algorithms.md), returning the true final
 observation of a finished episode beside the reset one.
 """
 from __future__ import annotations
@@ -101,7 +101,7 @@ def get_env_state(env: gym.Env) -> dict:
     if hasattr(base, "model") and hasattr(base, "data"):
         import mujoco  # MuJoCo envs only
 
-        # mj_getState with mjSTATE_INTEGRATION is bit-exact; set_state(qpos, qvel) is not (ALGORITHMS.md).
+        # mj_getState with mjSTATE_INTEGRATION is bit-exact; set_state(qpos, qvel) is not (docs/algorithms.md).
         spec = mujoco.mjtState.mjSTATE_INTEGRATION
         buf = np.empty(mujoco.mj_stateSize(base.model, spec))
         mujoco.mj_getState(base.model, base.data, buf, spec)

@@ -40,8 +40,8 @@ TRAIN_ROOT = ("qvpo.cli", "cmd_train")
 EVALUATE_ROOT = ("qvpo.cli", "cmd_evaluate")
 """`qvpo evaluate`: the final evaluation of a run's saved policy."""
 REGISTRY = ("qvpo.algos", "ALGORITHMS")
-"""The name -> agent class table: a root's algorithm stands in for it, so that registering another
-algorithm changes no other algorithm's identity."""
+"""The name -> agent class table. Its module (the registry) is left out: the agent class of the
+identity's algorithm is a root instead, so registering another algorithm changes no identity."""
 NOT_COMPUTATION = ("qvpo.identity", "qvpo.report", "qvpo.bench")
 """Modules whose definitions cannot change what a run learns or records."""
 PINNED = ("torch", "gymnasium", "mujoco", "numpy")
@@ -198,7 +198,7 @@ class Package:
         return out, modules
 
     def _excluded(self, ref: Ref) -> bool:
-        if (ref.module, ref.name) == REGISTRY:
+        if ref.module == REGISTRY[0]:
             return True
         return any(ref.module == m or ref.module.startswith(m + ".") for m in NOT_COMPUTATION)
 

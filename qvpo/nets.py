@@ -25,7 +25,7 @@ def init_authors_normal(module: nn.Module, truncated: bool = False) -> None:
     """QVPO/DIPO authors' init: std 1/(2*sqrt(fan_in)), bias 0 on every Linear.
 
     Their helper means a truncated normal, but a bug leaves the weights plain normal
-    (wadx2019/qvpo@40a1974, ALGORITHMS.md); `truncated=False` is the faithful choice.
+    (wadx2019/qvpo@40a1974, docs/algorithms.md); `truncated=False` is the faithful choice.
     """
     for layer in module.modules():
         if isinstance(layer, nn.Linear):

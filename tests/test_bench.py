@@ -42,7 +42,7 @@ def test_flops_tiny_configuration_by_hand():
 
 def test_flops_at_the_papers_settings_match_algorithms_md():
     # Hopper (11, 3): 2(32*256 + 256*32) + 2(46*256 + 2*256*256 + 256*3) = 32768 + 287232 = 320000;
-    # critics 2 * 2(14*256 + 2*256*256 + 256) = 539648. ALGORITHMS.md: ~105 + 9 + 7 + 3 = ~124 GFLOP.
+    # critics 2 * 2(14*256 + 2*256*256 + 256) = 539648. docs/algorithms.md: ~105 + 9 + 7 + 3 = ~124 GFLOP.
     assert noise_net_flops(11, 3, 256, 32) == 320_000
     assert twin_critic_flops(11, 3, [256, 256, 256]) == 539_648
     parts = qvpo_update_flops(11, 3, QVPOSettings())

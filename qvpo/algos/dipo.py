@@ -1,7 +1,7 @@
 """DIPO: diffusion policy with action-gradient improvement (Yang et al. 2023).
 
 Faithful to the authors' code, BellmanTimeHut/DIPO@bb3d85b (main.py, agent/DiPo.py,
-agent/replay_memory.py); ALGORITHMS.md summarises. One update, read top to bottom in
+agent/replay_memory.py); docs/algorithms.md summarises. One update, read top to bottom in
 `train_step`:
 1. critic: y = r + gamma (1 - done) min(Q1', Q2')(s', a'), a' one draw of the target
    actor's full DDPM sampler; loss = sum of the two MSEs;

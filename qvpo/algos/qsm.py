@@ -6,7 +6,7 @@ the networks and sampler of jaxrl5/networks/diffusion.py and mlp.py, the learner
 jaxrl5/agents/score_matching/score_matching_learner.py and the loop
 examples/states/train_score_matching_online.py. The learner we could read is the 2023
 one (@04a3920), older than the M_q config; the learner of that config could not be read.
-Where the 2023 learner differs from the M_q form ALGORITHMS.md describes, the M_q form is
+Where the 2023 learner differs from the M_q form docs/algorithms.md describes, the M_q form is
 the default: its actor loss is -mean(eps_theta . sum_i grad_a Q_i) (the M_q config's comment
 states the squared form used here); the TD target's noise and an EMA sampling actor are
 settings with the 2023 values said at their fields.
@@ -76,14 +76,14 @@ class QSMSettings(OffPolicySettings):
     exploration_noise: float = 0.1
     """Std of the Gaussian added to a sample when acting, then clipped (authors' learner sample_actions)."""
     target_noise: float = 0.1
-    """Std of the Gaussian added to a' in the TD target, then clipped (ALGORITHMS.md; the 2023 learner: 0)."""
+    """Std of the Gaussian added to a' in the TD target, then clipped (docs/algorithms.md; the 2023 learner: 0)."""
     sampler_temperature: float = 1.0
     """Scale of the sampler's noise (authors' learner ddpm_temperature; one intermediate config: 0.2)."""
     clip_sampler: bool = True
     """Clip x_t to [-1, 1] at every sampling step (authors' learner clip_sampler)."""
     sampling_actor_tau: float = 1.0
     """EMA rate of the actor copy that samples (acting, TD target); 1 samples from the current actor
-    (ALGORITHMS.md); the 2023 learner samples from an EMA copy with actor_tau 0.001."""
+    (docs/algorithms.md); the 2023 learner samples from an EMA copy with actor_tau 0.001."""
 
     def __post_init__(self):
         self.hidden = list(self.hidden)

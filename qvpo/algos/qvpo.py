@@ -1,7 +1,7 @@
 """QVPO: Q-weighted variational policy optimisation (Ding et al., NeurIPS 2024).
 
 Faithful to the authors' code, wadx2019/qvpo@40a1974, run as their README says
-(`main.py --weighted --aug --q_transform qadv`); ALGORITHMS.md lists where the code
+(`main.py --weighted --aug --q_transform qadv`); docs/algorithms.md lists where the code
 and the paper differ. One update, read top to bottom in `train_step`:
 1. critic: the target actor draws Kt candidates per next state, the best by the
    target critics' min Q gives y = r + gamma (1 - done) min(Q1', Q2')(s', a');
