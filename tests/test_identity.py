@@ -65,7 +65,7 @@ def add_comments_and_docstrings(root: Path) -> None:
 
 
 def reformat(root: Path) -> None:
-    files = [root / "loop.py", root / "diffusion.py", root / "algos" / "qvpo.py", root / "onpolicy.py"]
+    files = [root / "loop.py", root / "diffusion.py", root / "algos" / "qvpo.py", root / "algos" / "ppo.py"]
     subprocess.run([sys.executable, "-m", "black", "-q", "--line-length", "79", *map(str, files)], check=True)
 
 
@@ -145,7 +145,7 @@ CHANGES_OF_COMPUTATION = {
                             "return x.clamp(-0.9, 1.0) if clip else x", {"qsm"}),
     "a byte of the native kernels' C source": ("native.py", "    return x * m / (m + 2.0f);",
                                                "    return x * m / (m + 2.1f);", {"dipo", "qvpo"}),
-    "PPO's GAE": ("onpolicy.py", "delta = r[t] + gamma * next_values * nonterminal - v[t]",
+    "PPO's GAE": ("algos/ppo.py", "delta = r[t] + gamma * next_values * nonterminal - v[t]",
                   "delta = r[t] + gamma * next_values * nonterminal - 0.5 * v[t]", {"ppo", "spo"}),
     "a default of QVPO's settings": ("algos/qvpo.py", "    nd: int = 64", "    nd: int = 32", {"qvpo"}),
     "the evaluation routine": ("loop.py", "returns += np.where(running, tr.reward, 0.0)",

@@ -16,7 +16,7 @@ from qvpo.algos.ppo import PPO, PPOSettings, clipped_surrogate
 from qvpo.algos.spo import SPO, SPOSettings, kl_clip_factor, kl_clip_loss, ratio_penalty_loss
 from qvpo.cli import main
 from qvpo.envs import Transition
-from qvpo.onpolicy import (RMS_INITIAL_COUNT, GaussianActor, RewardNormalizer, RunningMeanStd, gae, gaussian_entropy,
+from qvpo.algos.ppo import (RMS_INITIAL_COUNT, GaussianActor, RewardNormalizer, RunningMeanStd, gae, gaussian_entropy,
                            gaussian_kl, gaussian_log_prob, gaussian_sample, value_loss)
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -14,7 +14,7 @@ from typing import Literal
 
 import torch
 
-from qvpo.onpolicy import OnPolicyAgent, OnPolicySettings
+from qvpo.algos.ppo import OnPolicyAgent, OnPolicySettings
 from qvpo.settings import require_positive
 
 
