@@ -16,7 +16,8 @@ import yaml
 
 from qvpo import algos, checkpoint
 from qvpo.envs import EnvPool
-from qvpo.loop import CKPT_DIR, FINAL_EVAL_SEED, STATE_FILE, evaluate, seed_everything
+from qvpo.loop import CKPT_DIR, FINAL_EVAL_SEED, STATE_FILE, evaluate
+from qvpo.runtime import seed_everything
 from qvpo.settings import resolve
 
 DTYPES = ("float32", "bfloat16")

@@ -16,7 +16,7 @@ from conftest import logged, meta, read_csv, run_cli, start, tiny_args, wait_for
 from qvpo import checkpoint
 from qvpo.algos.sac import SAC
 from qvpo.cli import main
-from qvpo.loop import parse_slurm_duration, slurm_time_left
+from qvpo.runtime import parse_slurm_duration, slurm_time_left
 
 
 @pytest.mark.long(90)

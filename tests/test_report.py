@@ -7,7 +7,6 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from conftest import run_cli
 from pipeline_helpers import write_run
 
