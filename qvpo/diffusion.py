@@ -470,16 +470,6 @@ def _update(x: torch.Tensor, eps: torch.Tensor, x0: torch.Tensor, coeffs: tuple,
         x.add_(z, alpha=sigma)
 
 
-def ddpm_step(schedule: DiffusionSchedule, a_t: torch.Tensor, eps: torch.Tensor, t: int,
-              z: torch.Tensor | None = None, noise_ratio: float = 1.0, clip: float = 1.0) -> torch.Tensor:
-    """One ancestral step a_t -> a_{t-1} for step index t, out of place (the sampler's
-    arithmetic, for tests and one-off use). z is ignored at t = 0: no noise at the last step."""
-    x = a_t.clone()
-    _update(x, eps, torch.empty_like(x), schedule.step_coefficients(noise_ratio)[t], clip,
-            z if t > 0 else None)
-    return x
-
-
 @torch.no_grad()
 def ddpm_sample(model: NoisePredictor, schedule: DiffusionSchedule, s: torch.Tensor,
                 n_candidates: int = 1, clip: float = 1.0, generator: torch.Generator | None = None,

@@ -13,7 +13,8 @@ from torch.nn import functional as F
 from qvpo.algos.qvpo import QVPO, CompiledChunkNetwork, QVPOSettings
 from qvpo.bench.breakdown import loop_ceiling, product_microseconds, profile_products
 from qvpo.bench.flops import noise_net_flops, qvpo_update_flops, twin_critic_flops
-from qvpo.bench.update import AuthorsOrderQVPO, random_batch
+from qvpo.bench.breakdown import random_batch
+from qvpo.bench.update import AuthorsOrderQVPO
 from qvpo.cli import main
 from qvpo.diffusion import DiffusionSchedule, NoisePredictor, ddpm_sample, mish, twin_min_q, weighted_eps_loss
 from qvpo.nets import TwinQ, init_authors_normal

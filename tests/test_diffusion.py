@@ -9,11 +9,21 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from qvpo.diffusion import (DiffusionSchedule, NoisePredictor, cosine_beta_schedule, ddpm_sample,
-                            ddpm_step, mish_, q_sample, weighted_eps_loss)
+from qvpo.diffusion import (DiffusionSchedule, NoisePredictor, _update, cosine_beta_schedule, ddpm_sample,
+                            mish_, q_sample, weighted_eps_loss)
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 SQ3 = math.sqrt(3.0)
+
+
+def ddpm_step(schedule: DiffusionSchedule, a_t: torch.Tensor, eps: torch.Tensor, t: int,
+              z: torch.Tensor | None = None, noise_ratio: float = 1.0, clip: float = 1.0) -> torch.Tensor:
+    """One ancestral step a_t -> a_{t-1} for step index t, out of place, through the sampler's own in-place
+    step; z is ignored at t = 0 (no noise at the last step), as in ddpm_sample."""
+    x = a_t.clone()
+    _update(x, eps, torch.empty_like(x), schedule.step_coefficients(noise_ratio)[t], clip,
+            z if t > 0 else None)
+    return x
 
 
 def gen(seed: int) -> torch.Generator:

@@ -22,6 +22,16 @@ PRODUCT_OPS = frozenset({"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"
 CALLER_MARK = "qvpo-bench-profiled-call"
 
 
+def random_batch(obs_dim: int, act_dim: int, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """A replay minibatch of the right shapes (the update's cost does not depend on the values)."""
+    def normal(width: int) -> torch.Tensor:
+        return torch.randn(batch_size, width, generator=generator)
+
+    return {"obs": normal(obs_dim), "action": torch.rand(batch_size, act_dim, generator=generator) * 2 - 1,
+            "reward": normal(1), "next_obs": normal(obs_dim), "terminated": torch.zeros(batch_size, 1),
+            "truncated": torch.zeros(batch_size, 1)}
+
+
 def product_microseconds(events: Iterable, caller_thread: int) -> tuple[float, int]:
     """(lower bound of the products' wall time in us, number of product calls) over profiler events: the caller's
     products in full, plus the busiest other thread's."""
@@ -74,7 +84,6 @@ def off_policy_update(algo: str, obs_dim: int, act_dim: int, quick: bool) -> dic
     rows, the real `update` path with its minibatch sampling), and the ms of dense products in it. --quick only
     times fewer updates."""
     from qvpo import algos
-    from qvpo.bench.update import random_batch
 
     torch.manual_seed(0)
     cls = algos.get(algo)

@@ -13,7 +13,7 @@ import time
 import torch
 
 from qvpo.algos.qvpo import QVPO, QVPOSettings
-from qvpo.bench.breakdown import profile_products
+from qvpo.bench.breakdown import profile_products, random_batch
 from qvpo.bench.flops import qvpo_update_flops
 
 
@@ -23,16 +23,6 @@ class AuthorsOrderQVPO(QVPO):
     through the plain forward, torch's Mish throughout."""
 
     factored = False
-
-
-def random_batch(obs_dim: int, act_dim: int, batch_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """A replay minibatch of the right shapes (the update's cost does not depend on the values)."""
-    def normal(width: int) -> torch.Tensor:
-        return torch.randn(batch_size, width, generator=generator)
-
-    return {"obs": normal(obs_dim), "action": torch.rand(batch_size, act_dim, generator=generator) * 2 - 1,
-            "reward": normal(1), "next_obs": normal(obs_dim), "terminated": torch.zeros(batch_size, 1),
-            "truncated": torch.zeros(batch_size, 1)}
 
 
 def matmul_shapes(quick: bool) -> dict[str, tuple[int, int, int]]:
