@@ -20,10 +20,11 @@ include: "workflow/rules/common.smk"
 
 
 rule all:
-    """The table and every figure of the config (and the hash-named files they come from)."""
+    """The table, every figure and summary of the config (and the hash-named files they come from)."""
     input:
         table_targets(),
         figure_targets(),
+        summary_targets(),
     default_target: True
 
 
@@ -39,9 +40,16 @@ rule figures:
         figure_targets(),
 
 
+rule summaries:
+    """Every learning-check summary of the config alone."""
+    input:
+        summary_targets(),
+
+
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/provenance.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/plot.smk"
+include: "workflow/rules/summarize.smk"
 include: "workflow/rules/progress.smk"

@@ -11,9 +11,8 @@ import torch
 from torch.nn import functional as F
 
 from qvpo.algos.qvpo import QVPO, CompiledChunkNetwork, QVPOSettings
-from qvpo.bench.breakdown import loop_ceiling, product_microseconds, profile_products
+from qvpo.bench.breakdown import loop_ceiling, product_microseconds, profile_products, random_batch
 from qvpo.bench.flops import noise_net_flops, qvpo_update_flops, twin_critic_flops
-from qvpo.bench.breakdown import random_batch
 from qvpo.bench.update import AuthorsOrderQVPO
 from qvpo.cli import main
 from qvpo.diffusion import DiffusionSchedule, NoisePredictor, ddpm_sample, mish, twin_min_q, weighted_eps_loss
@@ -200,3 +199,15 @@ def test_profile_products_sees_every_product_on_every_thread():
 def test_loop_ceiling_by_hand():
     # SB3 10 ms a step; ours 8 ms, of which a 6 ms update with 3 ms of products: 8 - 6 + 3 = 5 ms
     assert loop_ceiling(100.0, 125.0, update_ms=6.0, product_ms=3.0) == pytest.approx(2.0)
+
+
+def test_bench_preemption_times_an_incremental_checkpoint(tmp_path):
+    assert main(["bench", "--preemption", "--rows", "20000", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "preemption.json").read_text())
+    assert result["rows"] == 20000 and result["rows_since_last_checkpoint"] == 10000
+    assert result["incremental_save_s"] > 0 and result["meets_budget"] == (result["incremental_save_s"] < 25.0)
+
+
+def test_bench_preemption_refuses_a_buffer_smaller_than_one_interval(tmp_path, capsys):
+    assert main(["bench", "--preemption", "--rows", "5000", "--out", str(tmp_path)]) == 2
+    assert "--rows must be at least 10000" in capsys.readouterr().err

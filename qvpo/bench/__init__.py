@@ -28,6 +28,9 @@ def add_bench_command(sub) -> None:
     b.add_argument("--out", type=Path, default=Path("results/bench"), help="directory of bench.json and bench.md")
     b.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     b.add_argument("--quick", action="store_true", help="tiny sizes, no compile: checks the command in seconds")
+    b.add_argument("--preemption", action="store_true",
+                   help="instead: time the checkpoint a SIGTERM triggers with a full Humanoid-v5 buffer (preemption.json)")
+    b.add_argument("--rows", type=int, default=1_000_000, help="--preemption: the buffer's transitions")
     b.add_argument("--rounds", type=int, default=3,
                    help="rounds of each loop measurement, ours and SB3's interleaved; the median counts (default 3)")
     b.set_defaults(handler=cmd_bench)
@@ -46,6 +49,8 @@ def cmd_bench(args) -> int:
 
     if args.rounds <= 0:
         raise UserError(f"--rounds must be positive, got {args.rounds}")
+    if args.preemption:
+        return cmd_bench_preemption(args)
     if args.threads is not None:
         if args.threads <= 0:
             raise UserError(f"--threads must be positive, got {args.threads}")
@@ -99,4 +104,18 @@ def cmd_bench(args) -> int:
         met = "not judged" if t["met"] is None else ("met" if t["met"] else "NOT met")
         value = "n/a" if t["value"] is None else f"{t['value']:.2f}"
         _say(f"{t['what']}: {value} (target {t['at_least']:.2f}) {met}")
+    return 0
+
+
+def cmd_bench_preemption(args) -> int:
+    import tempfile
+
+    from qvpo.bench import preemption
+
+    if args.rows < preemption.CHECKPOINT_INTERVAL:
+        raise UserError(f"--rows must be at least {preemption.CHECKPOINT_INTERVAL}, got {args.rows}")
+    with tempfile.TemporaryDirectory(prefix="qvpo-preempt-") as tmp:
+        result = preemption.measure(args.rows, Path(tmp) / "checkpoint")
+    path = preemption.write(result, args.out)
+    _say(f"wrote {path}: incremental checkpoint {result['incremental_save_s']} s, full {result['full_save_s']} s")
     return 0

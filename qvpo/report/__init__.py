@@ -1,4 +1,5 @@
-"""Reporting commands: `qvpo aggregate` (runs -> table) and `qvpo plot` (runs -> figures).
+"""Reporting commands: `qvpo aggregate` (runs -> table), `qvpo plot` (runs -> figures) and
+`qvpo summarize` (runs -> the learning checks' summaries).
 
 Both read a grid (--runs ROOT --block ENVS ALGOS SEEDS ...) of run directories
 ROOT/<env>/<algo>/seed<S>/ and use only complete runs; a missing or unfinished one
@@ -11,7 +12,7 @@ import re
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-COMMAND_MODULES = {"aggregate": "table", "plot": "plots"}
+COMMAND_MODULES = {"aggregate": "table", "plot": "plots", "summarize": "summaries"}
 
 
 def sources(command: str) -> list[Path]:
@@ -68,6 +69,14 @@ def add_report_commands(sub) -> None:
     p.add_argument("--snapshots", type=int, default=4, help="bandit-actions: recorded steps to show")
     p.set_defaults(handler=cmd_plot)
 
+    s = sub.add_parser("summarize", help="write a learning-check summary (CSV) of a grid's runs")
+    s.add_argument("kind", choices=["learning", "bandit"],
+                   help="learning: the mean of the last three evaluations per run and over seeds; "
+                        "bandit: where figure 2's samples lie")
+    add_grid_arguments(s)
+    s.add_argument("--out", type=Path, required=True, help="the CSV to write")
+    s.set_defaults(handler=cmd_summarize)
+
 
 def cmd_aggregate(args) -> int:
     from qvpo.report import table
@@ -102,6 +111,17 @@ def cmd_plot(args) -> int:
         fig = plots.bandit_figure(runs, algos, args.snapshots, args.title)
     paths = plots.save(fig, args.out)
     print(f"qvpo: wrote {' and '.join(map(str, paths))}")
+    return 0
+
+
+def cmd_summarize(args) -> int:
+    from qvpo.report import summaries
+    from qvpo.report.runs import complete_runs, grid_runs
+
+    runs = complete_runs(args.runs, grid_runs(args.block), args.allow_missing)
+    rows = summaries.KINDS[args.kind](runs)
+    summaries.write(rows, args.out)
+    print(f"qvpo: wrote {args.out} from {len(runs)} runs")
     return 0
 
 

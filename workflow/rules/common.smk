@@ -46,6 +46,9 @@ RUNS = f"{ROOT}/runs"
 VARIANTS = config["variants"]
 GRIDS = config["grids"]
 FIGURES = {f["name"]: f for f in config["figures"]}
+SUMMARIES = {s["name"]: s for s in config.get("summaries", [])}
+PRODUCTS = {**FIGURES, **SUMMARIES}
+"""What a report command makes from a grid's runs, besides the table: figures and summaries."""
 
 wildcard_constraints:
     env=r"[A-Za-z][A-Za-z0-9_]*-v\d+",
@@ -69,10 +72,13 @@ def check_config() -> None:
         if variant["algo"] in VARIANTS:
             raise WorkflowError(f"config: variant {name!r} is based on variant {variant['algo']!r}, "
                                 "not on an algorithm")
-    for figure in FIGURES.values():
-        if figure["grid"] not in GRIDS:
-            raise WorkflowError(f"config: figure {figure['name']!r} names grid {figure['grid']!r}, "
+    for product in [*FIGURES.values(), *SUMMARIES.values()]:
+        what = "figure" if product["name"] in FIGURES else "summary"
+        if product["grid"] not in GRIDS:
+            raise WorkflowError(f"config: {what} {product['name']!r} names grid {product['grid']!r}, "
                                 f"not one of {', '.join(GRIDS)}")
+    for name in set(FIGURES) & (set(SUMMARIES) | {"table"}):
+        raise WorkflowError(f"config: {name!r} names both a figure and a summary or the table")
     unknown = sorted({base_algo(a) for g in GRIDS.values() for b in g for a in b["algos"]} - set(registry.ALGORITHMS))
     if unknown:
         logger.warning(f"config names algorithms this checkout does not register: {', '.join(unknown)}; "
@@ -190,10 +196,15 @@ def grid_arguments(grid: str) -> list[str]:
 
 
 def report_command(product: str, out_root: str = ROOT) -> list[str]:
-    """The `qvpo aggregate` (product "table") or `qvpo plot` command line that makes `product` under out_root."""
+    """The `qvpo aggregate` (product "table"), `qvpo summarize` or `qvpo plot` command line that makes `product`
+    under out_root."""
     if product == "table":
         return ["aggregate", *grid_arguments("table"), "--out-dir", out_root,
                 "--title", f"Results of the {config['preset']} preset", "--note", config["description"]]
+    if product in SUMMARIES:
+        summary = SUMMARIES[product]
+        return ["summarize", summary["kind"], *grid_arguments(summary["grid"]),
+                "--out", f"{out_root}/summaries/{product}.csv"]
     figure = FIGURES[product]
     args = ["plot", figure["kind"], *grid_arguments(figure["grid"]), "--out", f"{out_root}/figures/{product}",
             "--title", figure["title"]]
@@ -222,7 +233,7 @@ def report_sources(product: str) -> list[str]:
     and the runs it then misses are made first. A fresh clone checks out config/ and qvpo/ before
     results/, so it reruns nothing."""
     command = report_command(product)[0]
-    grid = "table" if product == "table" else FIGURES[product]["grid"]
+    grid = "table" if product == "table" else PRODUCTS[product]["grid"]
     algos = sorted({base_algo(algo) for _, algo, _ in grid_runs(grid)} & set(registry.ALGORITHMS))
     files = [*report_sources_of(command), *(f for algo in algos for f in runlog.training_sources(algo))]
     return sorted({str(f) for f in files} | {str(Path(f).resolve()) for f in workflow.configfiles})
@@ -232,8 +243,9 @@ def table_inputs(wildcards) -> list:
     return [ancient(final_file(*run)) for run in grid_runs("table")]
 
 
-def figure_inputs(wildcards) -> list:
-    return [ancient(done_file(*run)) for run in grid_runs(FIGURES[wildcards.product]["grid"])]
+def product_inputs(wildcards) -> list:
+    """The markers of a figure's or summary's runs."""
+    return [ancient(done_file(*run)) for run in grid_runs(PRODUCTS[wildcards.product]["grid"])]
 
 
 # ---------------------------------------------------------------- what the target rules ask for
@@ -251,4 +263,12 @@ def figure_targets() -> list[str]:
     for name, figure in FIGURES.items():
         targets += [f"{ROOT}/figures/{name}.png", f"{ROOT}/figures/{name}.pdf", provenance_file(name)]
         targets += [done_file(*run) for run in grid_runs(figure["grid"])]
+    return list(dict.fromkeys(targets))
+
+
+def summary_targets() -> list[str]:
+    targets = []
+    for name, summary in SUMMARIES.items():
+        targets += [f"{ROOT}/summaries/{name}.csv", provenance_file(name)]
+        targets += [done_file(*run) for run in grid_runs(summary["grid"])]
     return list(dict.fromkeys(targets))

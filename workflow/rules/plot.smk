@@ -1,7 +1,7 @@
 rule plot:
     """One figure of config `figures`, as PNG and PDF, from its grid's complete runs."""
     input:
-        runs=figure_inputs,
+        runs=product_inputs,
         sources=lambda wildcards: report_sources(wildcards.product),
         provenance=lambda wildcards: ancient(provenance_file(wildcards.product)),
     output:

@@ -3,7 +3,7 @@ localrules:
 
 
 rule provenance:
-    """provenance/<figure>-<hash>.json: the report command and code a figure is made with.
+    """provenance/<product>-<hash>.json: the report command and code a figure or summary is made with.
 
     Its name changes with them, so a new one is missing and what depends on it reruns.
     """
@@ -12,7 +12,7 @@ rule provenance:
     log:
         f"{ROOT}/logs/provenance/{{product}}-{{key}}.log",
     wildcard_constraints:
-        product="|".join(FIGURES) or "(?!)",  # not the table, whose aggregate job writes its own
+        product="|".join(PRODUCTS) or "(?!)",  # not the table, whose aggregate job writes its own
     params:
         record=lambda wildcards: json.dumps(provenance(wildcards.product), indent=2),
     conda:
