@@ -27,6 +27,7 @@ from __future__ import annotations
 import ast
 import copy
 import hashlib
+import importlib.util
 import json
 from dataclasses import dataclass, field
 from functools import cache
@@ -39,9 +40,12 @@ TRAIN_ROOT = ("qvpo.cli", "cmd_train")
 """`qvpo train`: everything a training run executes is reached from here and the agent class."""
 EVALUATE_ROOT = ("qvpo.cli", "cmd_evaluate")
 """`qvpo evaluate`: the final evaluation of a run's saved policy."""
-REGISTRY = ("qvpo.algos", "ALGORITHMS")
+REGISTRY = ("qvpo.algos", "BUILT_IN")
 """The name -> agent class table. Its module (the registry) is left out: the agent class of the
-identity's algorithm is a root instead, so registering another algorithm changes no identity."""
+identity's algorithm is a root instead, so registering another algorithm changes no identity. An
+algorithm another package registers (an entry point of PLUGIN_GROUP) has its module parsed beside
+the package's."""
+PLUGIN_GROUP = "qvpo.algorithms"
 NOT_COMPUTATION = ("qvpo.identity", "qvpo.report", "qvpo.bench")
 """Modules whose definitions cannot change what a run learns or records."""
 PINNED = ("torch", "gymnasium", "mujoco", "numpy")
@@ -128,7 +132,14 @@ class Package:
 
     # -- names -------------------------------------------------------------------------------
     def in_package(self, module: str) -> bool:
-        return module == self.root or module.startswith(self.root + ".")
+        return module == self.root or module.startswith(self.root + ".") or module in self.modules
+
+    def add_module(self, name: str) -> None:
+        """Parse a module outside the package (a registered algorithm's), found on the import path."""
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
+            raise KeyError(f"module {name} of a registered algorithm has no Python source")
+        self.modules[name] = self._parse(name, Path(spec.origin))
 
     def resolve(self, module: str, name: str, seen: frozenset = frozenset()) -> Ref | None:
         """What `name` means inside package module `module` (following re-exports)."""
@@ -168,8 +179,12 @@ class Package:
         module, name = REGISTRY
         table = ast.literal_eval(self.modules[module].definitions[name][0].value)
         if algo not in table:
+            table = {ep.name: ep.value for ep in metadata.entry_points(group=PLUGIN_GROUP)}
+        if algo not in table:
             raise KeyError(algo)
         target_module, cls = table[algo].split(":")
+        if target_module not in self.modules:
+            self.add_module(target_module)
         return Ref("def", target_module, cls)
 
     def reached(self, roots: list[Ref]) -> tuple[dict[str, str], set[str]]:

@@ -158,9 +158,9 @@ def test_damaged_checkpoint_is_reported_not_loaded(damage, tmp_path, capsys):
 
 
 def test_tiny_table_covers_every_registered_algorithm():
-    from qvpo.algos import ALGORITHMS
+    from qvpo.algos import BUILT_IN
 
-    assert set(TINY) == set(ALGORITHMS)
+    assert set(TINY) == set(BUILT_IN)
 
 
 def test_changed_code_is_refused_unless_accepted_and_then_recorded(tmp_path, capsys):

@@ -41,7 +41,9 @@ def test_every_figure_adds_the_ablation_runs(tmp_path):
 
 @pytest.mark.parametrize("preset", [["quick.yaml"], ["cpu.yaml"], ["cpu.yaml", "cpu-bf16.yaml"]])
 def test_presets_plan(tmp_path, preset):
-    result = snakemake(tmp_path, "-n", "--quiet", "rules", "--configfile", *(str(PROJECT / "config" / f) for f in preset))
+    # run elsewhere, the workflow's own config/config.yaml is not found: name it first, as a clone's root would read it
+    files = ["config.yaml", *preset]
+    result = snakemake(tmp_path, "-n", "--quiet", "rules", "--configfile", *(str(PROJECT / "config" / f) for f in files))
     assert result.returncode == 0, result.stderr
     assert job_counts(result.stdout)["train"] > 0
 
@@ -194,3 +196,10 @@ def test_progress_reports_the_complete_runs_and_trains_nothing(tmp_path):
     for name in ("eval", "train"):
         assert (progress / "figures" / f"{name}.png").stat().st_size > 0
     assert not (tmp_path / "results" / "tiny" / "logs" / "train").exists()
+
+
+def test_an_algorithm_the_registry_does_not_know_stops_the_workflow(tmp_path):
+    config = write_config(tmp_path, {**TINY_CONFIG, "grids": {"table": [
+        {"envs": ["InvertedPendulum-v5"], "algos": ["sac", "nosuchalgo"], "seeds": [0]}]}})
+    result = snakemake(tmp_path, "-n", "--configfile", str(config))
+    assert result.returncode != 0 and "unknown algorithm(s) nosuchalgo" in result.stdout + result.stderr

@@ -1,12 +1,19 @@
-"""The algorithm registry: name -> module:class, imported only when asked for."""
+"""The algorithm registry: name -> module:class, imported only when asked for.
+
+The built-in algorithms are BUILT_IN. Another package adds one without editing this project by
+declaring an entry point in the group PLUGIN_GROUP (pyproject.toml:
+`[project.entry-points."qvpo.algorithms"] toy = "toy_algo:Toy"`); the CLI, the workflow's schema
+checks and the code identity (qvpo.identity) then know it like the others.
+"""
 from __future__ import annotations
 
 import importlib
 import re
+from importlib import metadata
 
 from qvpo.errors import UserError
 
-ALGORITHMS = {
+BUILT_IN = {
     "sac": "qvpo.algos.sac:SAC",
     "td3": "qvpo.algos.td3:TD3",
     "qvpo": "qvpo.algos.qvpo:QVPO",
@@ -15,8 +22,17 @@ ALGORITHMS = {
     "dipo": "qvpo.algos.dipo:DIPO",
     "qsm": "qvpo.algos.qsm:QSM",
 }
-
+PLUGIN_GROUP = "qvpo.algorithms"
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+
+
+def plugins() -> dict[str, str]:
+    """Algorithms other packages register as entry points of PLUGIN_GROUP (built-in names stay built-in)."""
+    found = {ep.name: ep.value for ep in metadata.entry_points(group=PLUGIN_GROUP)}
+    return {name: target for name, target in found.items() if name not in BUILT_IN and NAME_PATTERN.match(name)}
+
+
+ALGORITHMS = {**BUILT_IN, **plugins()}
 
 
 def get(name: str):

@@ -25,7 +25,6 @@ from pathlib import Path
 
 import yaml
 from snakemake.exceptions import WorkflowError
-from snakemake.logging import logger
 
 import qvpo
 from qvpo import algos as registry
@@ -80,9 +79,9 @@ def check_config() -> None:
     for name in set(FIGURES) & (set(SUMMARIES) | {"table"}):
         raise WorkflowError(f"config: {name!r} names both a figure and a summary or the table")
     unknown = sorted({base_algo(a) for g in GRIDS.values() for b in g for a in b["algos"]} - set(registry.ALGORITHMS))
-    if unknown:
-        logger.warning(f"config names algorithms this checkout does not register: {', '.join(unknown)}; "
-                       "their training jobs will fail")
+    if unknown:  # the names the schema allows: the registry's (plugins included) and the config's variants
+        raise WorkflowError(f"config: unknown algorithm(s) {', '.join(unknown)} in the grids; the registered ones "
+                            f"are {', '.join(sorted(registry.ALGORITHMS))} (or define a variant)")
 
 
 check_config()
