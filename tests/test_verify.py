@@ -110,3 +110,47 @@ def test_verify_rejects_bad_input(tmp_path):
     assert out.returncode == 2 and "not a qvpo run directory" in out.stderr
     out = qvpo(["verify", str(tmp_path), "--updates", "0"])
     assert out.returncode == 2 and "--updates must be positive" in out.stderr
+
+
+ONE_CONSTANT = {  # a constant of each algorithm's own file
+    "sac": ("algos/sac.py", "(log_pi + target_entropy)).mean()", "(log_pi + target_entropy)).mean() * 0.5"),
+    "td3": ("algos/td3.py", ".clamp(-noise_clip, noise_clip)", ".clamp(-noise_clip, 0.5 * noise_clip)"),
+    "ppo": ("algos/ppo.py", "return 0.5 * torch.max(unclipped, (v_clipped - returns) ** 2).mean()",
+            "return 0.6 * torch.max(unclipped, (v_clipped - returns) ** 2).mean()"),
+    "spo": ("algos/spo.py", "(kl + eps) + sign - 1.0)", "(kl + eps) + sign - 0.9)"),
+    "qvpo": ("algos/qvpo.py", "(best_q - scores.mean(dim=1)).clamp_min(0.0)",
+             "(best_q - scores.mean(dim=1)).clamp_min(0.1)"),
+    "dipo": ("algos/dipo.py", "a.clamp_(-1.0, 1.0)", "a.clamp_(-0.9, 1.0)"),
+    "qsm": ("algos/qsm.py", "return x.clamp(-1.0, 1.0) if clip else x", "return x.clamp(-0.9, 1.0) if clip else x"),
+}
+
+
+@pytest.mark.long(40)
+@pytest.mark.parametrize("algo", sorted(ONE_CONSTANT))
+def test_each_algorithm_verifies_and_fails_after_a_one_constant_change(algo, tmp_path):
+    run = tmp_path / algo / "seed0"
+    assert qvpo(tiny_args(algo, run, steps=400)).returncode == 0
+    out = qvpo(["verify", str(run), "--record", str(tmp_path / "adoptions.csv")])
+    assert out.returncode == 0 and "is already current" in out.stdout, out.stderr
+    file, old, new = ONE_CONSTANT[algo]
+    out = qvpo(["verify", str(run), "--record", str(tmp_path / "adoptions.csv")], changed_copy(tmp_path, old, new, file))
+    assert out.returncode == 1 and "differs first" in out.stderr, out.stderr
+
+
+QUICK_RUNS = Path(__file__).resolve().parents[1] / "results" / "quick" / "runs" / "InvertedPendulum-v5"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", sorted(ONE_CONSTANT))
+def test_committed_quick_runs_verify_on_the_machine_kind_that_trained_them(algo, tmp_path):
+    """`pytest -m slow`: re-runs the committed quick-preset run (seed 0) of each algorithm; skipped on
+    another machine kind, where bit-exactness is not to be had."""
+    from qvpo import runlog
+
+    m = meta(QUICK_RUNS / algo / "seed0")
+    if m.get("machine") != runlog.machine():
+        pytest.skip(f"trained on {m.get('machine')}, not on this machine kind")
+    run = tmp_path / algo / "seed0"
+    shutil.copytree(QUICK_RUNS / algo / "seed0", run)
+    out = qvpo(["verify", str(run), "--record", str(tmp_path / "adoptions.csv")])
+    assert out.returncode == 0 and "is already current" in out.stdout, out.stderr
