@@ -211,3 +211,19 @@ def test_bench_preemption_times_an_incremental_checkpoint(tmp_path):
 def test_bench_preemption_refuses_a_buffer_smaller_than_one_interval(tmp_path, capsys):
     assert main(["bench", "--preemption", "--rows", "5000", "--out", str(tmp_path)]) == 2
     assert "--rows must be at least 10000" in capsys.readouterr().err
+
+
+def test_sb3_crosscheck_refuses_bad_input_or_a_missing_sb3(tmp_path, capsys):
+    from qvpo.bench.loops import sb3_available
+
+    args = ["sb3", "td3", "InvertedPendulum-v5", "--steps", "300", "--eval-every", "100", "--out", str(tmp_path / "r")]
+    assert main([*args, "--warmup", "300"]) == 2
+    assert "--warmup must lie in [0, --steps)" in capsys.readouterr().err
+    if sb3_available() is None:
+        assert main([*args, "--warmup", "100"]) == 2
+        assert "stable-baselines3 is not installed" in capsys.readouterr().err
+    else:  # a tiny run into the layout the report commands read
+        assert main([*args, "--warmup", "100", "--eval-episodes", "2"]) == 0
+        meta = json.loads((tmp_path / "r" / "meta.json").read_text())
+        assert meta["status"] == "complete" and meta["algo"] == "td3_sb3"
+        assert (tmp_path / "r" / "eval.csv").read_text().count("\n") == 4  # header + steps 100, 200, 300

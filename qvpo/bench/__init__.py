@@ -35,6 +35,19 @@ def add_bench_command(sub) -> None:
                    help="rounds of each loop measurement, ours and SB3's interleaved; the median counts (default 3)")
     b.set_defaults(handler=cmd_bench)
 
+    c = sub.add_parser("sb3", help="train Stable-Baselines3's SAC or TD3 at this project's settings into a run "
+                                   "directory: an independent cross-check (needs the bench extra)")
+    c.add_argument("algo", choices=["sac", "td3"])
+    c.add_argument("env_id")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--steps", type=int, required=True)
+    c.add_argument("--warmup", type=int, required=True, help="uniform-random steps before learning")
+    c.add_argument("--eval-every", type=int, required=True)
+    c.add_argument("--eval-episodes", type=int, default=10)
+    c.add_argument("--threads", type=int, default=1)
+    c.add_argument("--out", type=Path, required=True, help="the run directory")
+    c.set_defaults(handler=cmd_sb3)
+
 
 def _say(text: str) -> None:
     print(f"qvpo bench: {text}", file=sys.stderr, flush=True)
@@ -118,4 +131,26 @@ def cmd_bench_preemption(args) -> int:
         result = preemption.measure(args.rows, Path(tmp) / "checkpoint")
     path = preemption.write(result, args.out)
     _say(f"wrote {path}: incremental checkpoint {result['incremental_save_s']} s, full {result['full_save_s']} s")
+    return 0
+
+
+def cmd_sb3(args) -> int:
+    import torch
+
+    from qvpo.bench import crosscheck, loops
+
+    for name in ("steps", "eval_every", "eval_episodes", "threads"):
+        if getattr(args, name) <= 0:
+            raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if not 0 <= args.warmup < args.steps:
+        raise UserError(f"--warmup must lie in [0, --steps), got {args.warmup}")
+    if loops.sb3_available() is None:
+        raise UserError("stable-baselines3 is not installed: pip install -e '.[bench]'")
+    meta = args.out / "meta.json"
+    if meta.exists() and json.loads(meta.read_text()).get("status") == "complete":
+        _say(f"{args.out} is complete; left as it is")
+        return 0
+    torch.set_num_threads(args.threads)
+    crosscheck.crosscheck(args.algo, args.env_id, args.seed, args.steps, args.warmup, args.eval_every,
+                          args.eval_episodes, args.out)
     return 0
