@@ -154,7 +154,8 @@ def test_bench_quick_writes_its_files(tmp_path):
     assert len(result["cores"]["two_jobs_steps_per_s"]) == 2
     for algo in ("sac", "td3"):
         update = result["loops"][algo]["update"]
-        assert update["product_calls"] > 0 and 0 < update["product_ms"] < update["median_ms"]
+        # within the one profiled measurement (the median comes from another, which load can make shorter)
+        assert update["product_calls"] > 0 and 0 < update["product_ms"] < update["profiled_ms"]
     eager = {"ours fp32", "authors' order fp32", "ours bf16 sampling"}
     assert all(result["update"]["variants"][name]["product_calls"] > 0 for name in eager)
     ceilings = {t["what"]: t["ceiling"] for t in result["targets"]}

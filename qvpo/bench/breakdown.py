@@ -48,18 +48,22 @@ def product_microseconds(events: Iterable, caller_thread: int) -> tuple[float, i
 
 
 def profile_products(step: Callable[[], object], calls: int) -> dict:
-    """Per call of `step`, over `calls` profiled calls: ms its dense products need at least, and their count."""
+    """Per call of `step`, over `calls` profiled calls: ms its dense products need at least, their count, and
+    the calls' wall time under the profiler (the products' share of that same time cannot exceed it)."""
     from torch._C._profiler import _ExperimentalConfig  # the public API has no other way to see worker threads
 
     with profile(activities=[ProfilerActivity.CPU],
                  experimental_config=_ExperimentalConfig(profile_all_threads=True)) as prof:
         with record_function(CALLER_MARK):
+            start = time.perf_counter()
             for _ in range(calls):
                 step()
+            wall_s = time.perf_counter() - start
     events = prof.events()
     caller_thread = next(e.thread for e in events if e.name == CALLER_MARK)
     microseconds, count = product_microseconds(events, caller_thread)
-    return {"product_ms": microseconds / 1e3 / calls, "product_calls": count / calls}
+    return {"product_ms": microseconds / 1e3 / calls, "product_calls": count / calls,
+            "profiled_ms": wall_s * 1e3 / calls}
 
 
 def median_ms(step: Callable[[], object], calls: int, blocks: int = 5) -> float:
