@@ -70,21 +70,21 @@ def _rows(path: Path, until: int) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def first_difference(committed: Path, fresh: Path, until: int) -> str | None:
+def first_difference(committed: Path, fresh: Path, until: int) -> tuple[int, str] | None:
     """None when the two logs hold the same values up to step `until` (NOT_COMPARED columns aside);
-    else where they first differ."""
+    else the step where they first differ and what differs."""
     header, old = _rows(committed, until)
     new_header, new = _rows(fresh, until)
     if header != new_header:
-        return f"{committed.name}: columns differ ({','.join(header)} against {','.join(new_header)} now)"
+        return 0, f"{committed.name}: columns differ ({','.join(header)} against {','.join(new_header)} now)"
     kept = [i for i, c in enumerate(header) if c not in NOT_COMPARED]
     for n, (a, b) in enumerate(zip(old, new), start=2):  # line 1 is the header
         for i in kept:
             if a[i] != b[i]:
-                return (f"{committed.name} line {n} (step {a[0]}) differs first: {header[i]} is {a[i]} in the run, "
-                        f"{b[i]} now")
+                return int(a[0]), (f"{committed.name} line {n} (step {a[0]}) differs first: {header[i]} is {a[i]} "
+                                   f"in the run, {b[i]} now")
     if len(old) != len(new):
-        return f"{committed.name}: {len(old)} rows up to step {until} in the run, {len(new)} now"
+        return until, f"{committed.name}: {len(old)} rows up to step {until} in the run, {len(new)} now"
     return None
 
 
@@ -116,18 +116,20 @@ def cmd_verify(args) -> int:
                                        settings, meta.get("device", "cpu"), meta.get("threads"), restart=True,
                                        progress=False, stop_at=stop))
         trainer.run()
+        differences = []
         for name in COMPARED_LOGS:
-            if (run_dir / name).exists() or (Path(tmp) / "run" / name).exists():
-                if not (run_dir / name).exists() or not (Path(tmp) / "run" / name).exists():
-                    print(f"qvpo: verify failed: {name} exists on one side only", file=sys.stderr)
-                    return 1
-                difference = first_difference(run_dir / name, Path(tmp) / "run" / name, stop)
-                if difference is not None:
-                    unknown = "" if recorded is not None else (
-                        "; the run records no machine kind, so the CPU kind that trained it may differ from this one "
-                        f"({describe(here)})")
-                    print(f"qvpo: verify failed: {difference}{unknown}", file=sys.stderr)
-                    return 1
+            ours, fresh = run_dir / name, Path(tmp) / "run" / name
+            if ours.exists() != fresh.exists():
+                differences.append((0, f"{name} exists on one side only"))
+            elif ours.exists():
+                differences.append(first_difference(ours, fresh, stop))
+        differences = [d for d in differences if d is not None]
+        if differences:
+            unknown = "" if recorded is not None else (
+                "; the run records no machine kind, so the CPU kind that trained it may differ from this one "
+                f"({describe(here)})")
+            print(f"qvpo: verify failed: {min(differences)[1]}{unknown}", file=sys.stderr)
+            return 1
     if trainer.identity == meta.get("identity"):
         print(f"qvpo: verified {run_dir} up to step {stop}: its identity {trainer.identity} is already current")
         return 0
