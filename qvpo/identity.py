@@ -43,9 +43,7 @@ EVALUATE_ROOT = ("qvpo.cli", "cmd_evaluate")
 REGISTRY = ("qvpo.algos", "BUILT_IN")
 """The name -> agent class table. Its module (the registry) is left out: the agent class of the
 identity's algorithm is a root instead, so registering another algorithm changes no identity. An
-algorithm another package registers (an entry point of PLUGIN_GROUP) has its module parsed beside
-the package's."""
-PLUGIN_GROUP = "qvpo.algorithms"
+algorithm another package registers (qvpo.algos.plugins) has its module parsed beside the package's."""
 NOT_COMPUTATION = ("qvpo.identity", "qvpo.report", "qvpo.bench")
 """Modules whose definitions cannot change what a run learns or records."""
 PINNED = ("torch", "gymnasium", "mujoco", "numpy")
@@ -179,7 +177,9 @@ class Package:
         module, name = REGISTRY
         table = ast.literal_eval(self.modules[module].definitions[name][0].value)
         if algo not in table:
-            table = {ep.name: ep.value for ep in metadata.entry_points(group=PLUGIN_GROUP)}
+            from qvpo.algos import plugins
+
+            table = plugins()
         if algo not in table:
             raise KeyError(algo)
         target_module, cls = table[algo].split(":")
