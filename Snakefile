@@ -47,6 +47,7 @@ rule summaries:
 
 
 include: "workflow/rules/train.smk"
+include: "workflow/rules/reference.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/provenance.smk"
 include: "workflow/rules/aggregate.smk"

@@ -203,3 +203,30 @@ def test_an_algorithm_the_registry_does_not_know_stops_the_workflow(tmp_path):
         {"envs": ["InvertedPendulum-v5"], "algos": ["sac", "nosuchalgo"], "seeds": [0]}]}})
     result = snakemake(tmp_path, "-n", "--configfile", str(config))
     assert result.returncode != 0 and "unknown algorithm(s) nosuchalgo" in result.stdout + result.stderr
+
+
+REFERENCE = {"name": "sac_sb3", "library": "sb3", "algo": "sac", "envs": ["InvertedPendulum-v5"], "seeds": [0],
+             "steps": 300, "warmup_steps": 100, "eval_every": 100, "eval_episodes": 2}
+
+
+def test_a_reference_is_planned_as_qvpo_sb3_beside_the_table(tmp_path):
+    config = write_config(tmp_path, {**TINY_CONFIG, "references": [REFERENCE]})
+    result = snakemake(tmp_path, "-n", "-p", "--configfile", str(config))
+    assert result.returncode == 0, result.stderr
+    counts = job_counts(result.stdout)
+    assert counts["reference"] == 1 and counts["train"] == 4
+    assert ("qvpo sb3 sac InvertedPendulum-v5 --steps 300 --warmup 100 --eval-every 100 --eval-episodes 2 "
+            "--seed 0 --threads 1") in result.stdout
+    # the table and the eval figure show it; the train-curves figure (no train.csv in a reference run) does not
+    assert result.stdout.count("--reference-block InvertedPendulum-v5 sac_sb3 0") == 2
+
+
+@pytest.mark.parametrize("edit, message", [
+    ({"name": "sac"}, "reference 'sac' has the name of an algorithm"),
+    ({"warmup_steps": 300}, "warmup_steps must be below steps"),
+    ({"algo": "qvpo"}, "qvpo"),
+])
+def test_bad_reference_stops_the_workflow(tmp_path, edit, message):
+    config = write_config(tmp_path, {**TINY_CONFIG, "references": [{**REFERENCE, **edit}]})
+    result = snakemake(tmp_path, "-n", "--configfile", str(config))
+    assert result.returncode != 0 and message in result.stdout + result.stderr

@@ -91,6 +91,71 @@ def test_table_numbers(grid, tmp_path):
     assert "**3267.5 (8.5)**" in md  # the paper's best on Hopper among these two
 
 
+def test_table_last_three_evaluations_and_one_sample(grid, tmp_path):
+    # write_run logs evaluations at steps 200, 400, 600 of score * step / 600: the last three average 2/3 score
+    for seed, score in enumerate([30.0, 90.0]):
+        run = write_run(grid, ENV, "qvpo", seed, score)
+        evals = pd.read_csv(run / "eval.csv")
+        evals["return_mean_single"] = [1.0, 2.0, 6.0 * (seed + 1)]  # one sample: 6 and 12 last; 3 and 5 over three
+        evals.to_csv(run / "eval.csv", index=False)
+    out = tmp_path / "out"
+    assert main(["aggregate", "--runs", str(grid), "--block", ENV, "sac,td3", "0,1,2", "--block", ENV, "qvpo", "0,1",
+                 "--out-dir", str(out)]) == 0
+    table = pd.read_csv(out / "table.csv").set_index("algo")
+    assert table.loc["sac", "last3_mean"] == pytest.approx((100 + 300 + 200) * 2 / 3 / 3, abs=1e-4)
+    assert np.isnan(table.loc["sac", "single_last_mean"])  # SAC logs no one-sample evaluation
+    assert table.loc["qvpo", "last3_mean"] == pytest.approx(40.0)  # 2/3 of 30 and of 90
+    assert table.loc["qvpo", "single_last_mean"] == pytest.approx(9.0)
+    assert table.loc["qvpo", "single_last_std"] == pytest.approx(3.0)
+    assert table.loc["qvpo", "single_last3_mean"] == pytest.approx(4.0)
+    md = (out / "table.md").read_text()
+    assert "| Hopper-v5 | qvpo | 60.0 (30.0) | 9.0 (3.0) | 40.0 (20.0) | 4.0 (1.0) |" in md
+    assert "## Mean of each run's last three evaluations" in md
+
+
+def write_reference(root, seed, last_return, steps=600):
+    """A run directory as `qvpo sb3` leaves it: meta.json and eval.csv, no checkpoint or final evaluation."""
+    run = root / ENV / "sac_sb3" / f"seed{seed}"
+    run.mkdir(parents=True)
+    (run / "meta.json").write_text(json.dumps({
+        "algo": "sac_sb3", "env": ENV, "seed": seed, "steps": steps, "step": steps, "status": "complete",
+        "eval_episodes": 10, "wall_time_s": 5.0, "versions": {"stable_baselines3": "2.9.2"},
+        "command": f"qvpo sb3 sac {ENV} --seed {seed} --steps {steps}"}))
+    pd.DataFrame({"step": [200, 400, 600], "return_mean": [1.0, 2.0, last_return], "return_std": 0.0,
+                  "episodes": 10, "wall_time_s": 1.0}).to_csv(run / "eval.csv", index=False)
+    return run
+
+
+def test_reference_runs_are_scored_by_their_last_evaluation(grid, tmp_path):
+    refs = tmp_path / "references"
+    for seed, last in enumerate([150.0, 250.0]):
+        write_reference(refs, seed, last)
+    out = tmp_path / "out"
+    args = [*grid_args(grid), "--references", str(refs), "--reference-block", ENV, "sac_sb3", "0,1"]
+    assert main(["aggregate", *args, "--out-dir", str(out)]) == 0
+    table = pd.read_csv(out / "table.csv").set_index("algo")
+    assert table.loc["sac_sb3", "mean"] == pytest.approx(200.0) and table.loc["sac_sb3", "n_seeds"] == 2
+    assert table.loc["sac_sb3", "last3_mean"] == pytest.approx((1 + 2 + 150 + 1 + 2 + 250) / 6)
+    md = (out / "table.md").read_text()
+    assert "| Environment | sac | td3 | sac_sb3 |" in md
+    assert "sac_sb3: a reference run of another library (`qvpo sb3 sac Hopper-v5`, stable_baselines3 2.9.2)" in md
+    assert main(["plot", "eval-curves", *args, "--out", str(tmp_path / "eval"), "--title", "t"]) == 0
+
+
+def test_reference_run_cut_short_is_refused(grid, tmp_path, capsys):
+    refs = tmp_path / "references"
+    write_reference(refs, 0, 100.0, steps=800)  # its last evaluation (600) is not at its last step (800)
+    assert main(["aggregate", *grid_args(grid), "--references", str(refs), "--reference-block", ENV, "sac_sb3",
+                    "0", "--out-dir", str(tmp_path / "out")]) == 2
+    assert "last evaluation is at step 600, not at its last step 800" in capsys.readouterr().err
+
+
+def test_reference_block_needs_its_root(grid, tmp_path, capsys):
+    assert main(["aggregate", *grid_args(grid), "--reference-block", ENV, "sac_sb3", "0",
+                    "--out-dir", str(tmp_path / "out")]) == 2
+    assert "--reference-block needs --references" in capsys.readouterr().err
+
+
 def test_table_marks_the_best_in_bold(tmp_path):
     root = tmp_path / "runs"
     for seed in range(2):

@@ -48,6 +48,10 @@ def add_grid_arguments(p) -> None:
     p.add_argument("--block", nargs=3, action="append", required=True, metavar=("ENVS", "ALGOS", "SEEDS"),
                    help="runs ENVS x ALGOS x SEEDS, each comma-separated (repeatable: the grid is the union); "
                         "algorithms or variants in the order to show them")
+    p.add_argument("--references", type=Path, help="reference runs' root (another library's runs, `qvpo sb3`): "
+                                                   "REFERENCES/<env>/<name>/seed<S>/")
+    p.add_argument("--reference-block", nargs=3, action="append", default=[], metavar=("ENVS", "NAMES", "SEEDS"),
+                   help="reference runs to show beside the grid's (repeatable; needs --references)")
     p.add_argument("--title", default="QVPO reproduction")
     p.add_argument("--allow-missing", action="store_true", help="report the complete runs, leave out the others")
 
@@ -78,12 +82,24 @@ def add_report_commands(sub) -> None:
     s.set_defaults(handler=cmd_summarize)
 
 
-def cmd_aggregate(args) -> int:
-    from qvpo.report import table
+def grid_and_runs(args, need_final: bool = False):
+    """The grid (references last) and its complete runs: the grid's, then the references'."""
+    from qvpo.errors import UserError
     from qvpo.report.runs import complete_runs, grid_runs
 
-    grid = grid_runs(args.block)
-    runs = complete_runs(args.runs, grid, args.allow_missing, need_final=True)
+    if args.reference_block and args.references is None:
+        raise UserError("--reference-block needs --references (the reference runs' root)")
+    grid, references = grid_runs(args.block), grid_runs(args.reference_block)
+    runs = complete_runs(args.runs, grid, args.allow_missing, need_final=need_final)
+    if references:
+        runs += complete_runs(args.references, references, args.allow_missing, reference=True)
+    return grid + references, runs
+
+
+def cmd_aggregate(args) -> int:
+    from qvpo.report import table
+
+    grid, runs = grid_and_runs(args, need_final=True)
     summary = table.summarize(runs)
     envs, algos = ordered(grid)
     md = table.markdown(summary, runs, envs, algos, args.title, args.note, len(grid) - len(runs))
@@ -95,12 +111,12 @@ def cmd_aggregate(args) -> int:
 def cmd_plot(args) -> int:
     from qvpo.errors import UserError
     from qvpo.report import plots
-    from qvpo.report.runs import complete_runs, grid_runs
 
     if args.snapshots <= 0:
         raise UserError(f"--snapshots must be positive, got {args.snapshots}")
-    grid = grid_runs(args.block)
-    runs = complete_runs(args.runs, grid, args.allow_missing)
+    if args.reference_block and args.kind != "eval-curves":
+        raise UserError(f"reference runs log evaluations only: --reference-block is for eval-curves, not {args.kind}")
+    grid, runs = grid_and_runs(args)
     _, algos = ordered(grid)
     if args.kind == "eval-curves":
         fig = plots.curves_figure(plots.eval_curves(runs), algos, "evaluation return", args.title)
@@ -116,9 +132,8 @@ def cmd_plot(args) -> int:
 
 def cmd_summarize(args) -> int:
     from qvpo.report import summaries
-    from qvpo.report.runs import complete_runs, grid_runs
 
-    runs = complete_runs(args.runs, grid_runs(args.block), args.allow_missing)
+    _, runs = grid_and_runs(args)
     rows = summaries.KINDS[args.kind](runs)
     summaries.write(rows, args.out)
     print(f"qvpo: wrote {args.out} from {len(runs)} runs")

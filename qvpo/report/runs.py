@@ -5,10 +5,14 @@ root laid out as ROOT/<env>/<algo>/seed<S>/ (what the workflow writes). A run co
 meta.json says `complete`; nothing else of an unfinished run is read. The final
 evaluation is the run's one `final-*.json` (the workflow names it by what it
 evaluated and removes stale ones).
+
+A reference run (another library's, `qvpo sb3`) has the same layout without a checkpoint
+or final evaluation: its score is its last evaluation, at its last step.
 """
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +20,9 @@ from pathlib import Path
 import pandas as pd
 
 from qvpo.errors import UserError
+
+LAST = 3
+"""Evaluations averaged for a run's late return (the learning checks' criterion)."""
 
 
 @dataclass(frozen=True)
@@ -25,6 +32,8 @@ class Run:
     seed: int
     path: Path
     meta: dict
+    reference: bool = False
+    """Another library's run (`qvpo sb3`): scored by its last evaluation, as it has no checkpoint."""
 
     def csv(self, name: str) -> pd.DataFrame:
         path = self.path / name
@@ -43,6 +52,23 @@ class Run:
             raise UserError(f"{found[0]} evaluated step {final.get('step')}, but the run ended at "
                             f"step {self.meta.get('step')}; evaluate it again")
         return final
+
+    def score(self) -> float:
+        """The table's score: the final evaluation's mean return; a reference's last evaluation."""
+        if not self.reference:
+            return self.final()["return_mean"]
+        last = self.csv("eval.csv").iloc[-1]
+        if int(last["step"]) != self.meta["steps"]:
+            raise UserError(f"reference run {self.label}'s last evaluation is at step {int(last['step'])}, "
+                            f"not at its last step {self.meta['steps']}")
+        return float(last["return_mean"])
+
+    def last_mean(self, column: str = "return_mean") -> float | None:
+        """The mean of eval.csv's last LAST values of `column` (None: the run has no such column)."""
+        path = self.path / "eval.csv"
+        evals = pd.read_csv(path) if path.exists() else pd.DataFrame()
+        values = evals[column].dropna().tolist() if column in evals else []
+        return statistics.fmean(values[-LAST:]) if values else None
 
     @property
     def label(self) -> str:
@@ -80,7 +106,7 @@ def grid_runs(blocks: list[list[str]]) -> list[tuple[str, str, int]]:
 
 
 def complete_runs(root: Path, grid: list[tuple[str, str, int]], allow_missing: bool,
-                  need_final: bool = False) -> list[Run]:
+                  need_final: bool = False, reference: bool = False) -> list[Run]:
     """The grid's complete runs; a missing or unfinished one is an error naming every such run."""
     runs, missing = [], []
     for env, algo, seed in grid:
@@ -91,7 +117,7 @@ def complete_runs(root: Path, grid: list[tuple[str, str, int]], allow_missing: b
         if problem is not None:
             missing.append(f"({env}, {algo}, {seed}): {problem}")
             continue
-        runs.append(Run(env, algo, seed, path, json.loads((path / "meta.json").read_text())))
+        runs.append(Run(env, algo, seed, path, json.loads((path / "meta.json").read_text()), reference))
     if missing and not allow_missing:
         raise UserError(f"{len(missing)} of {len(grid)} runs under {root} are missing or unfinished: "
                         f"{'; '.join(missing)} (pass --allow-missing to report the others)")

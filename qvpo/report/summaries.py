@@ -21,19 +21,12 @@ import numpy as np
 
 from qvpo.errors import UserError
 from qvpo.report.runs import Run
-
-LAST = 3
-"""Evaluations averaged per run (the learning checks' criterion)."""
 SATURATED = 0.99
 """|a| from which an action component counts as at the bound of [-1, 1]."""
 RADIUS = 0.3
 """A bandit sample within this distance of a peak's centre counts as on that peak."""
 LEARNING_COLUMNS = ["env", "algo", "seed", "runs", "step", "evals", "last3_return_mean", "last3_return_std",
                     "last3_single_mean", "last3_single_std", "saturated_last"]
-
-
-def last_mean(values: list[float]) -> float | None:
-    return statistics.fmean(values[-LAST:]) if values else None
 
 
 def saturated_share(actions: list[dict]) -> float | None:
@@ -53,12 +46,10 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def learning_row(run: Run) -> dict:
-    evals = read_rows(run.path / "eval.csv")
-    returns = [float(r["return_mean"]) for r in evals]
-    singles = [float(r["return_mean_single"]) for r in evals if r.get("return_mean_single")]
     return {"env": run.env, "algo": run.algo, "seed": run.seed, "runs": 1, "step": run.meta.get("step"),
-            "evals": len(returns), "last3_return_mean": last_mean(returns), "last3_return_std": None,
-            "last3_single_mean": last_mean(singles), "last3_single_std": None,
+            "evals": len(read_rows(run.path / "eval.csv")), "last3_return_mean": run.last_mean(),
+            "last3_return_std": None, "last3_single_mean": run.last_mean("return_mean_single"),
+            "last3_single_std": None,
             "saturated_last": saturated_share(read_rows(run.path / "actions.csv"))}
 
 

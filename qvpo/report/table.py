@@ -1,9 +1,11 @@
 """The results table: one row per (env, algo) from each run's final evaluation, beside the paper's.
 
-A run's score is the mean return of its final evaluation (`qvpo evaluate`). Per
-(env, algo): mean and std (ddof=0) over seeds, IQM with a 95% stratified-bootstrap
-interval, mean wall time per run, and the published numbers of the QVPO paper
-(Table 1, v3 environments) and of CleanRL (v4) where they exist.
+A run's score is the mean return of its final evaluation (`qvpo evaluate`); a reference run's
+(another library's) is its last evaluation. Per (env, algo): mean and std (ddof=0) over seeds,
+IQM with a 95% stratified-bootstrap interval, the mean of each run's last three evaluations,
+for a policy that also logs one-sample evaluations (QVPO) those beside its best-of-K ones, mean
+wall time per run, and the published numbers of the QVPO paper (Table 1, v3 environments) and of
+CleanRL (v4) where they exist.
 """
 from __future__ import annotations
 
@@ -22,8 +24,11 @@ from qvpo.report.stats import BOOTSTRAP_REPS, iqm, stratified_bootstrap_ci
 
 PUBLISHED = {"paper": "paper_table1.csv", "cleanrl_v4": "cleanrl_v4_1M.csv"}
 """Package data: prefix of the table's columns -> file (each file's header comment names its source)."""
-COLUMNS = ["env", "algo", "n_seeds", "mean", "std", "iqm", "iqm_ci_low", "iqm_ci_high", "wall_time_mean_s",
+COLUMNS = ["env", "algo", "n_seeds", "mean", "std", "iqm", "iqm_ci_low", "iqm_ci_high", "last3_mean", "last3_std",
+           "single_last_mean", "single_last_std", "single_last3_mean", "single_last3_std", "wall_time_mean_s",
            "paper_mean", "paper_std", "cleanrl_v4_mean", "cleanrl_v4_std"]
+SINGLE = "return_mean_single"
+"""eval.csv's one-policy-sample evaluation (QVPO's K = 1 beside its best of K)."""
 
 
 def published(name: str) -> pd.DataFrame:
@@ -36,21 +41,33 @@ def published_key(env: str, algo: str) -> tuple[str, str]:
     return re.sub(r"-v\d+$", "", env), algo.upper()
 
 
+def mean_std(values: list) -> tuple[float, float]:
+    """Mean and std (ddof=0) of the values that exist (NaN, NaN: none)."""
+    x = np.asarray([v for v in values if v is not None], dtype=float)
+    return (x.mean(), x.std()) if len(x) else (np.nan, np.nan)
+
+
+def last_single(run: Run) -> float | None:
+    evals = run.csv("eval.csv")
+    return float(evals[SINGLE].iloc[-1]) if SINGLE in evals else None
+
+
 def summarize(runs: list[Run]) -> pd.DataFrame:
     """table.csv's rows, in the order the runs come (grid order)."""
-    scores: dict[tuple[str, str], list[float]] = {}
-    walls: dict[tuple[str, str], list[float]] = {}
+    groups: dict[tuple[str, str], list[Run]] = {}
     for run in runs:
-        key = (run.env, run.algo)
-        scores.setdefault(key, []).append(run.final()["return_mean"])
-        walls.setdefault(key, []).append(run.meta["wall_time_s"])
+        groups.setdefault((run.env, run.algo), []).append(run)
     refs = {name: published(name).set_index(["env", "algo"]) for name in PUBLISHED}
     rows = []
-    for (env, algo), values in scores.items():
-        x = np.asarray(values, dtype=float)
+    for (env, algo), group in groups.items():
+        x = np.asarray([run.score() for run in group], dtype=float)
         low, high = stratified_bootstrap_ci([x])
         row = {"env": env, "algo": algo, "n_seeds": len(x), "mean": x.mean(), "std": x.std(), "iqm": iqm(x),
-               "iqm_ci_low": low, "iqm_ci_high": high, "wall_time_mean_s": float(np.mean(walls[(env, algo)]))}
+               "iqm_ci_low": low, "iqm_ci_high": high,
+               "wall_time_mean_s": float(np.mean([run.meta["wall_time_s"] for run in group]))}
+        row["last3_mean"], row["last3_std"] = mean_std([run.last_mean() for run in group])
+        row["single_last_mean"], row["single_last_std"] = mean_std([last_single(run) for run in group])
+        row["single_last3_mean"], row["single_last3_std"] = mean_std([run.last_mean(SINGLE) for run in group])
         for name, ref in refs.items():
             found = ref.loc[published_key(env, algo)] if published_key(env, algo) in ref.index else None
             row[f"{name}_mean"] = np.nan if found is None else found["mean"]
@@ -65,7 +82,7 @@ def settings_changes(runs: list[Run]) -> list[str]:
     from qvpo.settings import as_dict, resolve
 
     by_algo: dict[str, dict[str, str]] = {}
-    for run in runs:
+    for run in (run for run in runs if not run.reference):
         config = yaml.safe_load((run.path / "config.yaml").read_text())
         defaults = as_dict(resolve(algos.get(config["algo"]).Settings, {}))
         changed = {k: v for k, v in config["settings"].items() if _plain(v) != _plain(defaults.get(k))}
@@ -95,6 +112,14 @@ def steps_line(runs: list[Run]) -> str:
         f"{algo} {'/'.join(f'{s:,}' for s in sorted(v))}" for algo, v in steps.items())
 
 
+def reference_line(algo: str, runs: list[Run]) -> str:
+    versions = sorted({json.dumps(run.meta.get("versions", {}), sort_keys=True) for run in runs})
+    return (f"- {algo}: a reference run of another library (`{runs[0].meta.get('command', '').split(' --seed')[0]}`"
+            f", {', '.join(f'{k} {v}' for k, v in json.loads(versions[0]).items())}), scored by its last "
+            f"evaluation ({runs[0].meta.get('eval_episodes')} episodes, deterministic policy), as it keeps no "
+            "checkpoint for `qvpo evaluate`.")
+
+
 def cell(mean: float, std: float) -> str:
     return "N/A" if np.isnan(mean) else f"{mean:.1f} ({std:.1f})"
 
@@ -122,14 +147,17 @@ def grid_table(table: pd.DataFrame, envs: list[str], algos: list[str], value, be
 
 def markdown(table: pd.DataFrame, runs: list[Run], envs: list[str], algos: list[str], title: str,
              notes: list[str], missing: int) -> str:
-    episodes = sorted({run.final()["episodes"] for run in runs})
+    ours = [run for run in runs if not run.reference]
+    episodes = sorted({run.final()["episodes"] for run in ours})
     lines = [f"# {title}", ""]
     lines += [*notes, ""] if notes else []
     lines += [
         (f"- {steps_line(runs)}; a run's score is the mean return of its final evaluation "
          f"({'/'.join(map(str, episodes))} episodes, `qvpo evaluate`, start states unseen in training)."),
         "- Cells: mean (std) over seeds (std with ddof=0); the best mean per environment in bold (each of a tie).",
-        "- Settings changed from each algorithm's defaults: " + "; ".join(settings_changes(runs)) + ".",
+        "- Settings changed from each algorithm's defaults: " + "; ".join(settings_changes(ours)) + ".",
+        *(reference_line(algo, [run for run in runs if run.algo == algo])
+          for algo in dict.fromkeys(run.algo for run in runs if run.reference)),
         ("- Environments: gymnasium MuJoCo v5. The paper used v3 (mujoco-py), so its numbers are beside ours, "
          "not comparable one to one."),
     ]
@@ -142,6 +170,18 @@ def markdown(table: pd.DataFrame, runs: list[Run], envs: list[str], algos: list[
     lines += grid_table(table, envs, algos,
                         lambda r: f"{r['iqm']:.1f} [{r['iqm_ci_low']:.1f}, {r['iqm_ci_high']:.1f}], "
                                   f"n={int(r['n_seeds'])}", "iqm")
+    lines += ["", "## Mean of each run's last three evaluations, mean (std) over seeds", ""]
+    lines += grid_table(table, envs, algos, lambda r: cell(r["last3_mean"], r["last3_std"]), "last3_mean")
+    single = table[table["single_last_mean"].notna()]
+    if len(single):
+        lines += ["", "## One policy sample (K = 1) beside the evaluation policy (best of K by Q)", "",
+                  "| Environment | algorithm | last evaluation, best of K | last evaluation, one sample "
+                  "| last three, best of K | last three, one sample |", "|---|---|---|---|---|---|"]
+        for r in single.itertuples():
+            last = [e for e in runs if (e.env, e.algo) == (r.env, r.algo)]
+            best_last = mean_std([float(e.csv("eval.csv")["return_mean"].iloc[-1]) for e in last])
+            lines.append(f"| {r.env} | {r.algo} | {cell(*best_last)} | {cell(r.single_last_mean, r.single_last_std)} "
+                         f"| {cell(r.last3_mean, r.last3_std)} | {cell(r.single_last3_mean, r.single_last3_std)} |")
     paper_algos = [a for a in algos if a.upper() in set(published("paper")["algo"])]
     paper_envs = [e for e in envs if table.loc[table["env"] == e, "paper_mean"].notna().any()]
     if paper_envs:

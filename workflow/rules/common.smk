@@ -48,6 +48,9 @@ FIGURES = {f["name"]: f for f in config["figures"]}
 SUMMARIES = {s["name"]: s for s in config.get("summaries", [])}
 PRODUCTS = {**FIGURES, **SUMMARIES}
 """What a report command makes from a grid's runs, besides the table: figures and summaries."""
+REFERENCES = {r["name"]: r for r in config.get("references", [])}
+"""Another library's runs (`qvpo sb3`) under <results>/references/, shown beside the grids' runs."""
+REFERENCE_ROOT = f"{ROOT}/references"
 
 wildcard_constraints:
     env=r"[A-Za-z][A-Za-z0-9_]*-v\d+",
@@ -76,6 +79,11 @@ def check_config() -> None:
         if product["grid"] not in GRIDS:
             raise WorkflowError(f"config: {what} {product['name']!r} names grid {product['grid']!r}, "
                                 f"not one of {', '.join(GRIDS)}")
+    for name in REFERENCES:
+        if name in registry.ALGORITHMS or name in VARIANTS:
+            raise WorkflowError(f"config: reference {name!r} has the name of an algorithm or variant")
+        if REFERENCES[name]["warmup_steps"] >= REFERENCES[name]["steps"]:
+            raise WorkflowError(f"config: reference {name!r}: warmup_steps must be below steps")
     for name in set(FIGURES) & (set(SUMMARIES) | {"table"}):
         raise WorkflowError(f"config: {name!r} names both a figure and a summary or the table")
     unknown = sorted({base_algo(a) for g in GRIDS.values() for b in g for a in b["algos"]} - set(registry.ALGORITHMS))
@@ -187,10 +195,36 @@ def train_resource(name: str):
     return lambda wildcards: train_request(wildcards)["resources"][name]
 
 
-def grid_arguments(grid: str) -> list[str]:
+def reference_runs(grid: str) -> list[tuple[str, str, int]]:
+    """The reference runs shown beside a grid: those of the envs the grid holds."""
+    envs = {env for env, _, _ in grid_runs(grid)}
+    return [(env, name, seed) for name, r in REFERENCES.items() for env in r["envs"] if env in envs
+            for seed in r["seeds"]]
+
+
+def reference_key(env: str, name: str, seed) -> str:
+    """What a reference run is asked for; the library's version is in its meta.json, not here, so that a
+    clone without the library plans nothing for the committed runs."""
+    r = REFERENCES[name]
+    return short_hash({k: r[k] for k in ("library", "algo", "steps", "warmup_steps", "eval_every", "eval_episodes")}
+                      | {"env": env, "seed": int(seed)})
+
+
+def reference_done(env: str, name: str, seed) -> str:
+    return f"{REFERENCE_ROOT}/{env}/{name}/seed{seed}/done-{reference_key(env, name, seed)}.json"
+
+
+def grid_arguments(grid: str, references: bool = False) -> list[str]:
+    """--runs and --block of a grid; with references, --references and --reference-block of those beside it."""
     args = ["--runs", RUNS]
     for block in GRIDS[grid]:
         args += ["--block", ",".join(block["envs"]), ",".join(block["algos"]), ",".join(map(str, block["seeds"]))]
+    shown = reference_runs(grid) if references else []
+    if shown:
+        args += ["--references", REFERENCE_ROOT]
+    for env, name in dict.fromkeys((env, name) for env, name, _ in shown):
+        seeds = [str(s) for e, n, s in shown if (e, n) == (env, name)]
+        args += ["--reference-block", env, name, ",".join(seeds)]
     return args
 
 
@@ -198,14 +232,15 @@ def report_command(product: str, out_root: str = ROOT) -> list[str]:
     """The `qvpo aggregate` (product "table"), `qvpo summarize` or `qvpo plot` command line that makes `product`
     under out_root."""
     if product == "table":
-        return ["aggregate", *grid_arguments("table"), "--out-dir", out_root,
+        return ["aggregate", *grid_arguments("table", references=True), "--out-dir", out_root,
                 "--title", f"Results of the {config['preset']} preset", "--note", config["description"]]
     if product in SUMMARIES:
         summary = SUMMARIES[product]
-        return ["summarize", summary["kind"], *grid_arguments(summary["grid"]),
+        return ["summarize", summary["kind"], *grid_arguments(summary["grid"], summary["kind"] == "learning"),
                 "--out", f"{out_root}/summaries/{product}.csv"]
     figure = FIGURES[product]
-    args = ["plot", figure["kind"], *grid_arguments(figure["grid"]), "--out", f"{out_root}/figures/{product}",
+    args = ["plot", figure["kind"], *grid_arguments(figure["grid"], figure["kind"] == "eval-curves"),
+            "--out", f"{out_root}/figures/{product}",
             "--title", figure["title"]]
     for option in ("window", "snapshots"):
         if option in figure:
@@ -218,6 +253,7 @@ def provenance(product: str) -> dict:
     record = {"product": product, "command": ["qvpo", *command], "code_hash": report_code_hash(command[0])}
     if product == "table":  # the table's record is its own output: a new run makes it missing (see aggregate)
         record["runs"] = [final_file(*run) for run in grid_runs("table")]
+        record["runs"] += [reference_done(*run) for run in reference_runs("table")]
     return record
 
 
@@ -239,12 +275,23 @@ def report_sources(product: str) -> list[str]:
 
 
 def table_inputs(wildcards) -> list:
-    return [ancient(final_file(*run)) for run in grid_runs("table")]
+    return [ancient(f) for f in table_runs()]
+
+
+def table_runs() -> list[str]:
+    """The final evaluations of the table's runs and the markers of the references beside them."""
+    return [*(final_file(*run) for run in grid_runs("table")), *(reference_done(*run) for run in reference_runs("table"))]
+
+
+def product_runs(product: str) -> list[str]:
+    """The markers of a figure's or summary's runs (and of the references it shows)."""
+    args = report_command(product)
+    shown = reference_runs(PRODUCTS[product]["grid"]) if "--references" in args else []
+    return [*(done_file(*run) for run in grid_runs(PRODUCTS[product]["grid"])), *(reference_done(*run) for run in shown)]
 
 
 def product_inputs(wildcards) -> list:
-    """The markers of a figure's or summary's runs."""
-    return [ancient(done_file(*run)) for run in grid_runs(PRODUCTS[wildcards.product]["grid"])]
+    return [ancient(f) for f in product_runs(wildcards.product)]
 
 
 # ---------------------------------------------------------------- what the target rules ask for
@@ -253,15 +300,14 @@ def product_inputs(wildcards) -> list:
 # rules (all, table, figures) ask for the hash-named files themselves: when one is missing the
 # target needs it, its producer runs, and everything downstream of that producer runs after it.
 def table_targets() -> list[str]:
-    return [f"{ROOT}/table.csv", f"{ROOT}/table.md", provenance_file("table"),
-            *(final_file(*run) for run in grid_runs("table"))]
+    return [f"{ROOT}/table.csv", f"{ROOT}/table.md", provenance_file("table"), *table_runs()]
 
 
 def figure_targets() -> list[str]:
     targets = []
     for name, figure in FIGURES.items():
         targets += [f"{ROOT}/figures/{name}.png", f"{ROOT}/figures/{name}.pdf", provenance_file(name)]
-        targets += [done_file(*run) for run in grid_runs(figure["grid"])]
+        targets += product_runs(name)
     return list(dict.fromkeys(targets))
 
 
@@ -269,5 +315,22 @@ def summary_targets() -> list[str]:
     targets = []
     for name, summary in SUMMARIES.items():
         targets += [f"{ROOT}/summaries/{name}.csv", provenance_file(name)]
-        targets += [done_file(*run) for run in grid_runs(summary["grid"])]
+        targets += product_runs(name)
     return list(dict.fromkeys(targets))
+
+
+def reference_request(wildcards) -> str:
+    """qvpo sb3's arguments for a reference run; a marker of another key would lie about what ran."""
+    if wildcards.algo not in REFERENCES:
+        raise WorkflowError(f"{wildcards.algo!r} is not a reference of this config ({', '.join(REFERENCES) or 'none'})")
+    expected = reference_key(wildcards.env, wildcards.algo, wildcards.seed)
+    if wildcards.key != expected:
+        raise WorkflowError(f"done-{wildcards.key}.json is not the current marker of reference {wildcards.algo} on "
+                            f"{wildcards.env} seed {wildcards.seed} (that is done-{expected}.json)")
+    r = REFERENCES[wildcards.algo]
+    return shlex.join([r["algo"], wildcards.env, "--steps", str(r["steps"]), "--warmup", str(r["warmup_steps"]),
+                       "--eval-every", str(r["eval_every"]), "--eval-episodes", str(r["eval_episodes"])])
+
+
+def reference_resources(wildcards) -> dict:
+    return config["defaults"]["resources"] | REFERENCES[wildcards.algo].get("resources", {})
