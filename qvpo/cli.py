@@ -1,4 +1,5 @@
-"""The `qvpo` command: train | evaluate | code-hash | verify | adopt-legacy (and the report and bench commands).
+"""The `qvpo` command: train | evaluate | code-hash | verify | adopt-legacy | status (and the report and bench
+commands).
 
 A mistake of the user's is one line on stderr and exit code 2, never a traceback;
 a run stopped by divergence or a failed write is one line and exit code 3;
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     from qvpo.adoption import VERIFY_UPDATES
     from qvpo.bench import add_bench_command
     from qvpo.report import add_report_commands
+    from qvpo.rundir import add_status_command
 
     p = _Parser(prog="qvpo", description="Diffusion-policy online RL: QVPO and its baselines.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -67,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--parent", required=True, help="the commit before code identities")
     a.add_argument("--record", type=Path, default=Path("results/adoptions.csv"), help="the adoptions file")
 
+    add_status_command(sub)
     add_report_commands(sub)
     add_bench_command(sub)
     return p

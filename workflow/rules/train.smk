@@ -32,8 +32,7 @@ rule train:
         # after a preemption or time limit); anything else (older code or settings, or a longer run
         # that qvpo train would take as complete) is replaced by a fresh run
         restart=--restart
-        step=$(grep -so '"step": [0-9]*' "$run/meta.json" | grep -o '[0-9]*$' || true)
-        if grep -qs '"identity": "{params.identity}"' "$run/meta.json" && [ "${{step:-0}}" -le {params.steps} ]; then
+        if [ "$(qvpo status "$run" --identity {params.identity} --steps {params.steps})" = resume ]; then
             restart=
         fi
         qvpo train --algo {params.algo} --env {wildcards.env} --seed {wildcards.seed} \
