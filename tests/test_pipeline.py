@@ -39,7 +39,8 @@ def test_every_figure_adds_the_ablation_runs(tmp_path):
     assert counts["plot"] == 6
 
 
-@pytest.mark.parametrize("preset", [["quick.yaml"], ["cpu.yaml"], ["cpu.yaml", "cpu-bf16.yaml"], ["mid.yaml"]])
+@pytest.mark.parametrize("preset", [["quick.yaml"], ["cpu.yaml"], ["cpu.yaml", "cpu-bf16.yaml"], ["mid.yaml"],
+                                    ["cpu.yaml", "cpu-ablations.yaml"]])
 def test_presets_plan(tmp_path, preset):
     # run elsewhere, the workflow's own config/config.yaml is not found: name it first, as a clone's root would read it
     files = ["config.yaml", *preset]

@@ -28,3 +28,13 @@ def test_mid_keeps_the_cpu_presets_diffusion_settings_but_the_departures_it_name
     assert departures, "the mid preset's evaluation schedule differs from the cpu preset's"
     for key in departures:  # each named, with its reason, in the description the table prints
         assert key in mid["description"], f"{algo}: {key} differs from cpu.yaml but the description does not say so"
+
+
+@pytest.mark.parametrize("variant, setting, value", [("qsm_mq10", "m_q", 10.0), ("qsm_mq1", "m_q", 1.0)])
+def test_ablation_variants_change_one_setting_of_the_cpu_presets_qsm(variant, setting, value):
+    config = yaml.safe_load((CONFIG / "config.yaml").read_text())
+    overlay = yaml.safe_load((CONFIG / "cpu-ablations.yaml").read_text())
+    variants = {**config["variants"], **overlay["variants"]}  # Snakemake merges the dicts
+    assert variants[variant] == {"algo": "qsm", "set": {setting: value}}
+    assert variants["qvpo_no_entropy"]["set"] == {"omega_ent": 0.0, "omega_ent_min": 0.0}  # both, not the floor's 0.002
+    assert set(overlay["grids"]["ablations"][0]["algos"]) == {"qvpo", "qvpo_no_entropy", "qsm", "qsm_mq10", "qsm_mq1"}
