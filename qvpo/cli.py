@@ -22,6 +22,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from qvpo.adoption import VERIFY_UPDATES
+    from qvpo.algos import ALGORITHMS
     from qvpo.bench import add_bench_command
     from qvpo.report import add_report_commands
     from qvpo.rundir import add_status_command
@@ -30,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     t = sub.add_parser("train", help="train one run (resumes a run directory of the same identity)")
-    t.add_argument("--algo", required=True, help="qvpo, sac, td3, ppo, spo, dipo or qsm")
+    t.add_argument("--algo", required=True, help=f"one of {', '.join(sorted(ALGORITHMS))}")
     t.add_argument("--env", required=True, help="a gymnasium env id with a Box action space, e.g. Hopper-v5")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--steps", type=int, required=True, help="environment steps in all")

@@ -49,6 +49,26 @@ def cosine_beta_schedule(T: int, s: float = 0.008, max_beta: float = 0.999) -> t
     return torch.tensor(np.clip(betas, 0.0, max_beta), dtype=torch.float32)
 
 
+def linear_beta_schedule(T: int, beta_start: float = 1e-4, beta_end: float = 0.999,
+                         scale: float = 1.0) -> torch.Tensor:
+    """SDAC's and DPMD's linear schedule (mahaitongdae/diffusion_policy_online_rl@a50cf41,
+    relax/utils/diffusion.py): beta_i = scale * linspace(beta_start, beta_end, T)_i, i = 0..T-1
+    (their GaussianDiffusion multiplies by beta_schedule_scale, 0.8 in scripts/train_mujoco.py).
+    Computed in float64 like their numpy, returned float32."""
+    return torch.tensor(scale * np.linspace(beta_start, beta_end, T, dtype=np.float64), dtype=torch.float32)
+
+
+def discrete_vp_beta_schedule(T: int, beta_min: float = 0.1, beta_max: float = 10.0) -> torch.Tensor:
+    """DACER's variance-preserving schedule (happy-yan/DACER-Diffusion-with-Online-RL@848c1f2,
+    relax/utils/diffusion.py BetaScheduleCoefficients.vp_beta_schedule): for t = 1..T,
+    alpha_t = exp(-beta_min / T - (beta_max - beta_min) (2t - 1) / (2 T^2)), beta_t = 1 - alpha_t,
+    i.e. the continuous VP SDE's beta(s) = beta_min + s (beta_max - beta_min) integrated over step t.
+    Computed in float64 like their numpy, returned float32."""
+    t = np.arange(1, T + 1, dtype=np.float64)
+    alphas = np.exp(-beta_min / T - 0.5 * (beta_max - beta_min) * (2 * t - 1) / T**2)
+    return torch.tensor(1.0 - alphas, dtype=torch.float32)
+
+
 class DiffusionSchedule(nn.Module):
     """The standard DDPM quantities (Ho et al. 2020; authors' Diffusion.__init__).
 
@@ -590,3 +610,36 @@ def twin_min_q(critic: TwinQ, states: torch.Tensor, candidates: torch.Tensor,
     with chunk_threads(states.device, K * B, chunk_rows) as workers:
         q = torch.minimum(q_values(critic.q1, workers), q_values(critic.q2, workers))
     return q.view(K, B).t().contiguous()
+
+
+class ScaledSinusoidalEmb(nn.Module):
+    """The scaled_sinusoidal_encoding of DACER's, SDAC's and DPMD's code (relax/network/blocks.py):
+    [sin(t f_j), cos(t f_j)] / sqrt(dim), f_j = 10000^(-j / (dim/2)), j < dim/2, of the raw step index t.
+    Not SinusoidalPosEmb (f_j = 10000^(-j / (dim/2 - 1)), unscaled)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        half = self.dim // 2
+        freqs = 10000.0 ** (-torch.arange(half, device=t.device, dtype=torch.float32) / half)
+        args = t.to(torch.float32)[:, None] * freqs[None, :]
+        return torch.cat([args.sin(), args.cos()], dim=-1) / math.sqrt(self.dim)
+
+
+def init_haiku(module: nn.Module) -> None:
+    """haiku's Linear default, the init of the JAX codes (DACER, SDAC, DPMD): weights from N(0, 1/fan_in)
+    truncated at 2 std, bias 0."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            std = 1.0 / math.sqrt(layer.in_features)
+            with torch.no_grad():
+                nn.init.trunc_normal_(layer.weight, std=std, a=-2 * std, b=2 * std)
+                layer.bias.zero_()
+
+
+def temperature_loss(log_alpha: torch.Tensor, entropy, target_entropy: float) -> torch.Tensor:
+    """-log_alpha (-H + H_target), DACER's and SDAC's alpha loss: its gradient H - H_target lowers alpha while
+    the entropy H (no gradient) is above its target."""
+    return -(log_alpha * (-entropy + target_entropy)).mean()

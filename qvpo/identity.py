@@ -49,6 +49,9 @@ NOT_COMPUTATION = ("qvpo.identity", "qvpo.report", "qvpo.bench")
 PINNED = ("torch", "gymnasium", "mujoco", "numpy")
 """Libraries whose version is part of the identity (pinned in pyproject.toml); torch without its
 build tag (2.13.0+cpu and 2.13.0+cu128 are one version), so a CUDA install keeps the identity."""
+PINNED_WHERE_IMPORTED = {"sklearn": "scikit-learn"}
+"""Libraries (import name -> distribution) whose version is part of the identity of the algorithms
+whose reached modules import them, anywhere in the module (DACER's mixture fit)."""
 
 
 @dataclass(frozen=True)
@@ -326,12 +329,29 @@ def pinned_versions() -> dict[str, str]:
     return found
 
 
+def imported_pinned_versions(paths) -> dict[str, str]:
+    """The versions of the PINNED_WHERE_IMPORTED libraries that these module files import."""
+    found = {}
+    for path in paths:
+        for node in ast.walk(ast.parse(Path(path).read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            for top in {n.split(".")[0] for n in names} & PINNED_WHERE_IMPORTED.keys():
+                distribution = PINNED_WHERE_IMPORTED[top]
+                try:
+                    found[distribution] = metadata.version(distribution)
+                except metadata.PackageNotFoundError:
+                    found[distribution] = "absent"
+    return found
+
+
 def code_identity(algo: str, package: Package | None = None, evaluation: bool = False) -> CodeIdentity:
     """The code identity of `algo`'s training (evaluation=True: of `qvpo evaluate` on its runs)."""
     package = package or Package()
     root = EVALUATE_ROOT if evaluation else TRAIN_ROOT
     definitions, modules = package.reached([Ref("def", *root), package.registered_class(algo)])
-    blob = json.dumps({"definitions": sorted(definitions.items()), "versions": pinned_versions()}, sort_keys=True)
+    versions = pinned_versions() | imported_pinned_versions(package.modules[m].path for m in modules)
+    blob = json.dumps({"definitions": sorted(definitions.items()), "versions": versions}, sort_keys=True)
     files = tuple(sorted(package.modules[m].path for m in modules))
     return CodeIdentity(hashlib.sha256(blob.encode()).hexdigest()[:16],
                         {k: v[:12] for k, v in sorted(definitions.items())}, files)

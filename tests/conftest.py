@@ -41,6 +41,14 @@ TINY = {
                                     "critic_hidden=[32,32]", "action_gradient_steps=2", "memory_write_back=true"]),
     "qsm": ("Hopper-v5", COMMON + ["warmup_steps=100", "batch_size=16", "diffusion_steps=3", "hidden=[32,32]",
                                    "time_dim=8", "time_hidden=[16,16]", "critic_hidden=[32,32]"]),
+    "dacer": ("Hopper-v5", COMMON + ["warmup_steps=100", "batch_size=16", "diffusion_steps=3", "hidden=[32,32]",
+                                     "time_dim=8", "critic_hidden=[32,32]", "alpha_every=100", "entropy_samples=8"]),
+    "sdac": ("Hopper-v5", COMMON + ["warmup_steps=100", "update_every=1", "batch_size=16", "diffusion_steps=3",
+                                    "hidden=32", "t_dim=8", "time_hidden=16", "critic_hidden=[32,32]", "n_particles=4",
+                                    "reverse_mc=4", "alpha_every=5"]),
+    "dpmd": ("Hopper-v5", COMMON + ["warmup_steps=100", "update_every=1", "batch_size=16", "diffusion_steps=3",
+                                    "hidden=32", "t_dim=8", "time_hidden=16", "critic_hidden=[32,32]", "n_particles=4",
+                                    "alpha_every=5"]),
 }
 
 

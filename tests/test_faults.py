@@ -9,12 +9,13 @@ import time
 
 import pytest
 import torch
+from torch import nn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import logged, meta, read_csv, run_cli, start, tiny_args, wait_for_checkpoint
-from qvpo import checkpoint
-from qvpo.algos.sac import SAC
+from qvpo import algos, checkpoint
+from qvpo.algos import BUILT_IN
 from qvpo.cli import main
 from qvpo.runtime import parse_slurm_duration, slurm_time_left
 
@@ -53,26 +54,33 @@ def test_outside_slurm_there_is_no_time_limit(monkeypatch):
     assert slurm_time_left() is None
 
 
-def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
-    train_step = SAC.train_step
+def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(algo, tmp_path, monkeypatch, capsys, request):
+    if algo in ("ppo", "spo"):  # strict: the day it is fixed (which retrains their runs) this fails until removed
+        request.applymarker(pytest.mark.xfail(raises=RuntimeError, strict=True, reason=(
+            "known: a NaN policy makes torch.normal raise inside act() before the loop's finiteness check")))
+    agent_class = algos.get(algo)
+    update = agent_class.update
 
-    def poisoned(self, batch):
-        metrics = train_step(self, batch)
-        if self.n_updates >= 250:  # after the checkpoint of step 200, before that of step 400
+    def poisoned(self, step):
+        metrics = update(self, step)
+        if step >= 390:  # after the checkpoint of step 200, just before that of step 400
             with torch.no_grad():
-                next(self.critic.parameters()).fill_(float("nan"))
+                for module in (v for v in vars(self).values() if isinstance(v, nn.Module)):
+                    for parameter in module.parameters():
+                        parameter.fill_(float("nan"))
         return metrics
 
-    monkeypatch.setattr(SAC, "train_step", poisoned)
+    monkeypatch.setattr(agent_class, "update", poisoned)
     run = tmp_path / "run"
-    assert main(tiny_args("sac", run, 800)) == 3
+    assert main(tiny_args(algo, run, 800)) == 3
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "diverged" in err and "step" in err and "last good checkpoint (step 200)" in err
     m = meta(run)
     assert m["status"] == "diverged" and m["step"] == 200 and "diverged" in m
     state = checkpoint.load(run / "checkpoint" / "state.pt")
     assert state["step"] == 200
-    assert all(torch.isfinite(v).all() for v in state["agent"]["critic"].values())
+    assert all(torch.isfinite(t).all() for v in state["agent"].values() if isinstance(v, dict)
+               for t in v.values() if isinstance(t, torch.Tensor) and t.is_floating_point())
 
 
 def test_a_write_failing_part_way_leaves_the_previous_checkpoint(tmp_path, monkeypatch, capsys):
@@ -110,7 +118,7 @@ def test_a_row_cut_short_by_a_kill_is_dropped_on_resume(tmp_path):
     assert all(r["episode_length"] for r in read_csv(run / "train.csv"))
 
 
-ALGOS = st.sampled_from(["sac", "td3", "qvpo", "ppo", "spo", "dipo", "qsm", "SAC", "", "../x", "sac;rm", "nope"])
+ALGOS = st.sampled_from([*sorted(BUILT_IN), "SAC", "", "../x", "sac;rm", "nope"])
 ENVS = st.sampled_from(["Pendulum-v1", "MultiPeakBandit-v0", "CartPole-v1", "NoSuch-v5", "", "a/b-v1", "Hopper"])
 KEYS = st.sampled_from(["eval_every", "eval_episodes", "tau", "gamma", "hidden", "warmup_steps", "nope", "",
                         "q_transform", "checkpoint_every"])

@@ -205,3 +205,14 @@ def test_old_settings_names_load_through_the_alias_table(monkeypatch):
     with pytest.raises(UserError, match="old name of 'tau'"):
         settings.resolve(SACSettings, {"polyak": 0.01, "tau": 0.02})
     assert json.dumps(settings.rename_aliases(SACSettings, {"polyak": 1, "gamma": 0.9})) == '{"tau": 1, "gamma": 0.9}'
+
+
+def test_a_library_pinned_where_imported_counts_for_its_importers_only(monkeypatch):
+    """scikit-learn's version is part of DACER's identity (its mixture fit), not of SAC's."""
+    from qvpo import identity
+
+    before = {algo: identity.code_identity(algo).hash for algo in ("dacer", "sac")}
+    real = identity.metadata.version
+    monkeypatch.setattr(identity.metadata, "version", lambda name: "0.0" if name == "scikit-learn" else real(name))
+    after = {algo: identity.code_identity(algo).hash for algo in ("dacer", "sac")}
+    assert after["dacer"] != before["dacer"] and after["sac"] == before["sac"]

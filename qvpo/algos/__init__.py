@@ -21,6 +21,9 @@ BUILT_IN = {
     "spo": "qvpo.algos.spo:SPO",
     "dipo": "qvpo.algos.dipo:DIPO",
     "qsm": "qvpo.algos.qsm:QSM",
+    "dacer": "qvpo.algos.dacer:DACER",
+    "sdac": "qvpo.algos.sdac:SDAC",
+    "dpmd": "qvpo.algos.dpmd:DPMD",
 }
 PLUGIN_GROUP = "qvpo.algorithms"
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
