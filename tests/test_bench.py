@@ -15,7 +15,8 @@ from qvpo.bench.breakdown import loop_ceiling, product_microseconds, profile_pro
 from qvpo.bench.flops import noise_net_flops, qvpo_update_flops, twin_critic_flops
 from qvpo.bench.update import AuthorsOrderQVPO
 from qvpo.cli import main
-from qvpo.diffusion import DiffusionSchedule, NoisePredictor, ddpm_sample, mish, twin_min_q, weighted_eps_loss
+from qvpo.diffusion import DiffusionSchedule, NoisePredictor, ddpm_sample, twin_min_q, weighted_eps_loss
+from qvpo.fastpath import mish
 from qvpo.nets import TwinQ, init_authors_normal
 
 

@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from qvpo.diffusion import (DiffusionSchedule, NoisePredictor, _update, cosine_beta_schedule, ddpm_sample,
-                            mish_, q_sample, weighted_eps_loss)
+from qvpo.diffusion import (DiffusionSchedule, NoisePredictor, _update, cosine_beta_schedule, ddpm_sample, q_sample,
+                            weighted_eps_loss)
+from qvpo.fastpath import mish_
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 SQ3 = math.sqrt(3.0)

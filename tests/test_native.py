@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from qvpo import native
-from qvpo.diffusion import ChunkedMishMLP, chunk_threads, mish
+from qvpo.fastpath import ChunkedMishMLP, chunk_threads, mish
 from qvpo.runlog import training_sources
 
 needs_compiler = pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None, reason="no C compiler here")

@@ -22,8 +22,9 @@ from typing import ClassVar, Literal
 import torch
 import torch.nn.functional as F
 
-from qvpo.diffusion import (NoisePredictor, NoisePredictorAgent, NoisePredictorSettings, chunk_network, ddpm_sample,
-                            twin_min_q, weighted_eps_loss)
+from qvpo.diffusion import (NoisePredictor, NoisePredictorAgent, NoisePredictorSettings, ddpm_sample, twin_min_q,
+                            weighted_eps_loss)
+from qvpo.fastpath import chunk_network
 from qvpo.nets import TwinQ, soft_update, twin_q_step
 from qvpo.settings import require_positive
 

@@ -37,8 +37,9 @@ from torch import nn
 
 from qvpo.agent import OffPolicyAgent
 from qvpo.algos.qvpo import best_candidate
-from qvpo.diffusion import (ChunkedMishMLP, DiffusionSchedule, NoisePredictor, ScaledSinusoidalEmb, _update,
-                            chunk_threads, init_haiku, linear_beta_schedule, q_sample, temperature_loss, twin_min_q)
+from qvpo.diffusion import (DiffusionSchedule, NoisePredictor, ScaledSinusoidalEmb, _update, init_haiku,
+                            linear_beta_schedule, q_sample, temperature_loss, twin_min_q)
+from qvpo.fastpath import ChunkedMishMLP, chunk_threads
 from qvpo.errors import UserError
 from qvpo.nets import TwinQ, soft_update, twin_q_step
 from qvpo.settings import OffPolicySettings, require_positive
