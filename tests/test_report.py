@@ -255,3 +255,11 @@ def test_code_hash_of_plots_leaves_the_table_alone(tmp_path, monkeypatch):
     with open(copy / "paper_table1.csv", "a") as f:
         f.write("Swimmer,QVPO,1.0,0.1\n")
     assert report.code_hash("aggregate") != before["aggregate"]
+
+
+def test_missing_references_are_left_out_with_allow_missing(grid, tmp_path, capsys):
+    args = [*grid_args(grid), "--references", str(tmp_path / "references"), "--reference-block", ENV, "sac_sb3", "0"]
+    assert main(["aggregate", *args, "--out-dir", str(tmp_path / "out")]) == 2  # missing: named, refused
+    assert f"({ENV}, sac_sb3, 0): not run" in capsys.readouterr().err
+    assert main(["aggregate", *args, "--out-dir", str(tmp_path / "out"), "--allow-missing"]) == 0
+    assert "sac_sb3" not in set(pd.read_csv(tmp_path / "out" / "table.csv")["algo"])

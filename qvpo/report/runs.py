@@ -123,6 +123,6 @@ def complete_runs(root: Path, grid: list[tuple[str, str, int]], allow_missing: b
                         f"{'; '.join(missing)} (pass --allow-missing to report the others)")
     if missing:
         print(f"qvpo: leaving out {len(missing)} of {len(grid)} runs: {'; '.join(missing)}", file=sys.stderr)
-    if not runs:
+    if not runs and not reference:  # references are shown beside a grid's runs, which must exist
         raise UserError(f"no complete runs under {root} for this grid")
     return runs
