@@ -37,6 +37,8 @@ CURVE_POINTS = 200
 """Points of a smoothed training curve (a common grid, so seeds can be averaged)."""
 LEGEND_CHARS_PER_PANEL, LEGEND_ENTRY_PAD = 44, 6
 """Legend characters that fit across one panel's width; an entry's line and gaps, in characters."""
+PANEL_WIDTH, PANEL_HEIGHT, TITLE_HEIGHT, LEGEND_ROW_HEIGHT = 4.2, 3.3, 0.8, 0.3
+"""Inches: a panel, the title above the panels, one row of the legend below them."""
 BUDGET_GROUP = 2.0
 """Algorithms share an env's panel when their budgets are within this factor of the panel's largest."""
 ROW_LABELS = {"qvpo": "QVPO, with entropy term", "qvpo_no_entropy": "QVPO, without entropy term"}
@@ -133,12 +135,22 @@ def curves_figure(data: pd.DataFrame, algos: list[str], ylabel: str, title: str)
     panels = budget_panels(data, envs)
     cols = min(len(panels), 3)
     rows = -(-len(panels) // cols)
-    fig = Figure(figsize=(4.2 * cols, 3.3 * rows + 0.8))
-    axes = fig.subplots(rows, cols, squeeze=False)
     palette = dict(zip(algos, sns.color_palette("tab10", len(algos))))
     modes = list(dict.fromkeys(data["mode"])) if "mode" in data else []
     dashes = {mode: "" if mode == EVAL_MODE else (4, 2) for mode in modes}
     styled = len(modes) > 1
+    handles = [Line2D([], [], color=palette[a], label=a) for a in algos if a in set(data["algo"])]
+    if styled:
+        handles += [Line2D([], [], color="0.3", dashes=dashes[m], label=MODE_LABELS.get(m, f"'{m}' mode"))
+                    for m in modes]
+    # a legend column is as wide as its widest entry; a one-panel figure widens to hold three columns
+    widest = max(len(h.get_label()) for h in handles) + LEGEND_ENTRY_PAD
+    width = max(PANEL_WIDTH * cols, min(3, len(handles)) * widest * PANEL_WIDTH / LEGEND_CHARS_PER_PANEL)
+    ncol = max(1, min(len(handles), int(width / PANEL_WIDTH * LEGEND_CHARS_PER_PANEL) // widest))
+    legend_rows = -(-len(handles) // ncol)
+    height = PANEL_HEIGHT * rows + TITLE_HEIGHT + LEGEND_ROW_HEIGHT * legend_rows
+    fig = Figure(figsize=(width, height))
+    axes = fig.subplots(rows, cols, squeeze=False)
     split = {env: sum(p[0] == env for p in panels) > 1 for env in envs}
     for ax, (env, panel_algos, budget) in zip(axes.flat, panels):
         shown = data[(data["env"] == env) & data["algo"].isin(panel_algos)]
@@ -158,17 +170,9 @@ def curves_figure(data: pd.DataFrame, algos: list[str], ylabel: str, title: str)
             ax.set_ylim(low, high)
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
-    handles = [Line2D([], [], color=palette[a], label=a) for a in algos if a in set(data["algo"])]
-    if styled:
-        handles += [Line2D([], [], color="0.3", dashes=dashes[m], label=MODE_LABELS.get(m, f"'{m}' mode"))
-                    for m in modes]
-    widths = [len(h.get_label()) + LEGEND_ENTRY_PAD for h in handles]
-    legend_rows = -(-sum(widths) // (LEGEND_CHARS_PER_PANEL * cols))
-    ncol = -(-len(handles) // legend_rows)
     fig.legend(handles=handles, loc="lower center", ncol=ncol, frameon=False)
     fig.suptitle(title, wrap=True)  # wrapped: a one-panel figure is narrower than most titles
-    legend_rows = -(-len(handles) // ncol)  # ncol entries per row can still need fewer rows than planned
-    fig.tight_layout(rect=(0, (0.08 if rows == 1 else 0.05) * legend_rows, 1, 1))
+    fig.tight_layout(rect=(0, LEGEND_ROW_HEIGHT * legend_rows / height, 1, 1))
     return fig
 
 
