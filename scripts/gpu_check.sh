@@ -15,10 +15,10 @@ python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no C
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/device.csv" || true
 
 pytest -q -p no:cacheprovider tests/test_diffusion.py tests/test_qvpo.py tests/test_dipo_qsm.py tests/test_sac_td3.py \
-    tests/test_onpolicy.py tests/test_native.py 2>&1 | tee "$OUT/tests.log"
+    tests/test_onpolicy.py tests/test_native.py tests/test_dacer.py tests/test_sdac_dpmd.py 2>&1 | tee "$OUT/tests.log"
 
 : > "$OUT/train.log"
-for algo in sac td3 ppo spo qvpo dipo qsm; do
+for algo in sac td3 ppo spo qvpo dipo qsm dacer sdac dpmd; do
     run=$(mktemp -d)/run
     for steps in 400 800; do  # the second call resumes the first one's checkpoint and extends it
         qvpo train --algo "$algo" --env Hopper-v5 --steps "$steps" --out "$run" --device cuda --progress log \
