@@ -5,7 +5,11 @@ restructures code, the runs it touches are kept only when shown equivalent:
   - `qvpo verify RUN_DIR` re-runs the run's beginning past its warm-up (at least VERIFY_UPDATES
     environment steps of updates, to an evaluation) from scratch on the current code, and compares
     eval.csv, train.csv and actions.csv with the run's, every column but the wall times, value by
-    value as written. Equal: the run is adopted under the current identity.
+    value as written. Equal: the run is adopted under the current identity. Those values are bit-exact
+    only on the machine kind that trained the run; on any other kind, `--reference COMMIT` re-runs the
+    same beginning twice here, on the code at COMMIT (which must give the run its recorded identity:
+    it made the run) and on the current code, and compares the two: equal values show that the change
+    computes what the code that made the run computes.
   - `qvpo adopt-legacy --parent COMMIT RUNS...` adopts the runs made before identities followed what
     code computes: those whose recorded code hash is the byte hash of their algorithm's sources at
     COMMIT (the parent of the change that brought identities), with no code history.
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -94,38 +99,103 @@ def describe(machine: dict) -> str:
     return text + (f", GPU {machine['gpu']}" if "gpu" in machine else "")
 
 
-def cmd_verify(args) -> int:
+def rerun(run_dir: Path, out: Path, until: int | None, updates: int = VERIFY_UPDATES):
+    """Re-run the run's beginning (to `until`, else to its verify_stop) on this code into `out`; the Trainer."""
     from qvpo.loop import Trainer, TrainRequest
 
+    meta, config = read_run(run_dir)
+    settings = current_settings(config)
+    stop = until if until is not None else verify_stop(settings, algos.get(config["algo"]).uses_warmup,
+                                                          meta["steps"], updates)
+    trainer = Trainer(TrainRequest(config["algo"], config["env"], config["seed"], meta["steps"], out, settings,
+                                   meta.get("device", "cpu"), meta.get("threads"), restart=True, progress=False,
+                                   stop_at=stop))
+    trainer.run()
+    return trainer
+
+
+def cmd_rerun(args) -> int:
+    """`qvpo rerun RUN_DIR OUT --until STEP`: what `verify --reference` runs on the reference code."""
+    trainer = rerun(args.run_dir.resolve(), args.out.resolve(), args.until)
+    print(json.dumps({"identity": trainer.identity, "package": str(runlog.PACKAGE_DIR)}))
+    return 0
+
+
+def logs_differences(expected: Path, fresh: Path, until: int) -> list[tuple[int, str]]:
+    """Each compared log's first difference between two run directories up to step `until`."""
+    differences = []
+    for name in COMPARED_LOGS:
+        ours, theirs = expected / name, fresh / name
+        if ours.exists() != theirs.exists():
+            differences.append((0, f"{name} exists on one side only"))
+        elif ours.exists():
+            differences.append(first_difference(ours, theirs, until))
+    return [d for d in differences if d is not None]
+
+
+def reference_tree(reference: str, tmp: Path) -> Path:
+    """The folder holding the reference code's `qvpo` package: REFERENCE itself when it is a checkout, else
+    the commit REFERENCE of this package's repository, unpacked into `tmp`."""
+    if (Path(reference) / "qvpo" / "__main__.py").is_file():
+        return Path(reference).resolve()
+    unpack_package(reference, tmp, "--reference is neither a checkout (a folder holding qvpo/) nor a commit")
+    return tmp
+
+
+def unpack_package(commit: str, tmp: Path, what: str) -> None:
+    """The `qvpo` package as it is at `commit` of this package's repository, unpacked into `tmp`."""
+    repo = runlog.PACKAGE_DIR.parent
+    archive = subprocess.run(["git", "archive", commit, "qvpo"], cwd=repo, capture_output=True)
+    if archive.returncode != 0:
+        raise UserError(f"{what} {commit} of {repo}: {archive.stderr.decode().strip()}")
+    subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive.stdout, check=True)
+
+
+def rerun_on_reference(reference: str, run_dir: Path, out: Path, until: int) -> str:
+    """Re-run the run's beginning on the reference code, in its own interpreter; the identity that code gives it."""
+    with tempfile.TemporaryDirectory(prefix="qvpo-reference-") as tmp:
+        tree = reference_tree(reference, Path(tmp))
+        # from the tree's folder: `python -m` puts the working directory first on the path
+        done = subprocess.run([sys.executable, "-m", "qvpo", "rerun", str(run_dir.resolve()), str(out.resolve()),
+                               "--until", str(until)], cwd=tree, capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": str(tree)})
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise UserError(f"the reference code ({reference}) could not re-run {run_dir}: {last}")
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        if Path(result["package"]).resolve() != (tree / "qvpo").resolve():
+            raise UserError(f"the reference re-run imported {result['package']}, not {tree / 'qvpo'}")
+        return result["identity"]
+
+
+def cmd_verify(args) -> int:
     run_dir: Path = args.run_dir
     meta, config = read_run(run_dir)
-    agent_cls = algos.get(config["algo"])
     settings = current_settings(config)
     here = runlog.machine(meta.get("device", "cpu") if meta.get("device", "cpu").startswith("cuda") else "cpu")
     recorded = meta.get("machine")
-    if recorded is not None and recorded != here:
+    if args.reference is None and recorded is not None and recorded != here:
         raise UserError(f"{run_dir} was trained on {describe(recorded)}; this machine is {describe(here)}: "
-                        "its numbers are bit-exact only on the machine kind that trained it, so verify it there")
-    stop = verify_stop(settings, agent_cls.uses_warmup, meta["steps"], args.updates)
+                        "its numbers are bit-exact only on the machine kind that trained it, so verify it there, "
+                        "or here against the code that made it (--reference COMMIT)")
+    stop = verify_stop(settings, algos.get(config["algo"]).uses_warmup, meta["steps"], args.updates)
     if meta.get("step", 0) < stop:
         raise UserError(f"{run_dir} has reached step {meta.get('step', 0)}; verify needs it at step {stop} or beyond")
+    against = "the run's logs" if args.reference is None else f"the reference code's ({args.reference}) re-run"
     print(f"qvpo: verify {run_dir}: re-running steps 0 to {stop} of {meta['steps']} on the current code "
-          f"({meta.get('threads')} threads, device {meta.get('device', 'cpu')})", file=sys.stderr)
+          f"({meta.get('threads')} threads, device {meta.get('device', 'cpu')}) against {against}", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="qvpo-verify-") as tmp:
-        trainer = Trainer(TrainRequest(config["algo"], config["env"], config["seed"], meta["steps"], Path(tmp) / "run",
-                                       settings, meta.get("device", "cpu"), meta.get("threads"), restart=True,
-                                       progress=False, stop_at=stop))
-        trainer.run()
-        differences = []
-        for name in COMPARED_LOGS:
-            ours, fresh = run_dir / name, Path(tmp) / "run" / name
-            if ours.exists() != fresh.exists():
-                differences.append((0, f"{name} exists on one side only"))
-            elif ours.exists():
-                differences.append(first_difference(ours, fresh, stop))
-        differences = [d for d in differences if d is not None]
+        expected = run_dir
+        if args.reference is not None:
+            expected = Path(tmp) / "reference"
+            made_by = rerun_on_reference(args.reference, run_dir, expected, stop)
+            if made_by != meta["identity"]:
+                raise UserError(f"{args.reference} did not make {run_dir}: it gives the run identity {made_by}, "
+                                f"the run records {meta['identity']}")
+        trainer = rerun(run_dir, Path(tmp) / "run", stop)
+        differences = logs_differences(expected, Path(tmp) / "run", stop)
         if differences:
-            unknown = "" if recorded is not None else (
+            unknown = "" if recorded is not None or args.reference is not None else (
                 "; the run records no machine kind, so the CPU kind that trained it may differ from this one "
                 f"({describe(here)})")
             print(f"qvpo: verify failed: {min(differences)[1]}{unknown}", file=sys.stderr)
@@ -133,8 +203,11 @@ def cmd_verify(args) -> int:
     if trainer.identity == meta.get("identity"):
         print(f"qvpo: verified {run_dir} up to step {stop}: its identity {trainer.identity} is already current")
         return 0
-    adopt(run_dir, meta, trainer.settings_dict, trainer.identity, trainer.code, trainer.code_definitions,
-          f"qvpo verify: logs equal up to step {stop}", args.record)
+    how = (f"qvpo verify: logs equal up to step {stop}" if args.reference is None else
+           f"qvpo verify --reference {args.reference}: its code and this code log equal values up to step {stop} "
+           f"on {describe(here)}")
+    adopt(run_dir, meta, trainer.settings_dict, trainer.identity, trainer.code, trainer.code_definitions, how,
+          args.record)
     print(f"qvpo: verified {run_dir} up to step {stop}; adopted: identity {meta['identity']} -> {trainer.identity} "
           f"(recorded in {args.record})")
     return 0
@@ -187,12 +260,8 @@ print(json.dumps({a: runlog.code_hash(a) for a in sys.argv[2:]}))
 
 def legacy_hashes(commit: str, names: list[str]) -> dict[str, str]:
     """Each algorithm's byte hash of its sources at `commit` (the code hash before identities)."""
-    repo = runlog.PACKAGE_DIR.parent
     with tempfile.TemporaryDirectory(prefix="qvpo-legacy-") as tmp:
-        archive = subprocess.run(["git", "archive", commit, "qvpo"], cwd=repo, capture_output=True)
-        if archive.returncode != 0:
-            raise UserError(f"cannot read commit {commit}: {archive.stderr.decode().strip()}")
-        subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
+        unpack_package(commit, Path(tmp), "cannot read commit")
         out = subprocess.run([sys.executable, "-c", LEGACY_HASH, tmp, *names], capture_output=True, text=True)
         if out.returncode != 0:
             raise UserError(f"cannot compute the byte hashes at {commit}: {out.stderr.strip().splitlines()[-1]}")

@@ -1,4 +1,4 @@
-"""The `qvpo` command: train | evaluate | code-hash | verify | adopt-legacy | status (and the report and bench
+"""The `qvpo` command: train | evaluate | code-hash | verify | rerun | adopt-legacy | status (and the report and bench
 commands).
 
 A mistake of the user's is one line on stderr and exit code 2, never a traceback;
@@ -64,6 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--updates", type=int, default=VERIFY_UPDATES,
                    help=f"steps past the warm-up to re-run at least (default {VERIFY_UPDATES})")
     v.add_argument("--record", type=Path, default=Path("results/adoptions.csv"), help="the adoptions file")
+    v.add_argument("--reference", metavar="COMMIT", default=None,
+                   help="compare with a re-run on the code that made the run (a commit, or a checkout's folder) "
+                        "instead of the run's logs: for a run of another machine kind")
+
+    r = sub.add_parser("rerun", help="re-run a run's beginning into OUT (what verify --reference runs)")
+    r.add_argument("run_dir", type=Path)
+    r.add_argument("out", type=Path)
+    r.add_argument("--until", type=int, required=True, help="the last step to re-run")
 
     a = sub.add_parser("adopt-legacy", help="adopt runs made before code identities: their byte hash at COMMIT")
     a.add_argument("runs", type=Path, nargs="+", help="folders to search for run directories")
@@ -131,6 +139,12 @@ def cmd_verify(args) -> int:
     return verify(args)
 
 
+def cmd_rerun(args) -> int:
+    from qvpo.adoption import cmd_rerun as rerun
+
+    return rerun(args)
+
+
 def cmd_adopt_legacy(args) -> int:
     from qvpo.adoption import cmd_adopt_legacy
 
@@ -138,7 +152,7 @@ def cmd_adopt_legacy(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "code-hash": cmd_code_hash, "verify": cmd_verify,
-            "adopt-legacy": cmd_adopt_legacy}
+            "rerun": cmd_rerun, "adopt-legacy": cmd_adopt_legacy}
 
 
 def one_line(message: str) -> str:

@@ -105,6 +105,65 @@ def test_verify_refuses_a_run_of_another_machine_kind(sac_run, tmp_path):
     assert out.returncode == 2 and "bit-exact only on the machine kind that trained it" in out.stderr
 
 
+def from_another_kind(sac_run: Path, tmp_path: Path) -> Path:
+    run = fresh(sac_run, tmp_path)
+    m = meta(run)
+    m["machine"]["cpu"]["model"] = "Another CPU"
+    (run / "meta.json").write_text(json.dumps(m))
+    return run
+
+
+def committed_copy(tmp_path: Path, old: str, new: str) -> Path:
+    """A git repository whose one commit holds the package as it is, its working tree `old` replaced by `new`."""
+    root = tmp_path / "repo" / "qvpo"
+    shutil.copytree(PACKAGE, root, ignore=shutil.ignore_patterns("__pycache__"))
+    git = ["git", "-C", str(root.parent), "-c", "user.name=t", "-c", "user.email=t@t"]
+    for args in (["init", "-q"], ["add", "qvpo"], ["commit", "-q", "-m", "the code that made the run"]):
+        subprocess.run(git + args, check=True)
+    for path in root.rglob("*.py"):
+        path.write_text(path.read_text().replace(old, new))
+    return root
+
+
+@pytest.mark.parametrize("reference", ["checkout", "commit"])
+def test_a_run_of_another_kind_is_adopted_against_the_code_that_made_it(sac_run, tmp_path, reference):
+    run = from_another_kind(sac_run, tmp_path)
+    old = meta(run)
+    if reference == "checkout":
+        renamed, ref = changed_copy(tmp_path, "temperature_loss", "temperature_objective", file=""), PACKAGE.parent
+    else:
+        renamed, ref = committed_copy(tmp_path, "temperature_loss", "temperature_objective"), "HEAD"
+    record = tmp_path / "adoptions.csv"
+    out = qvpo(["verify", str(run), "--updates", "200", "--record", str(record)], renamed)
+    assert out.returncode == 2 and "--reference" in out.stderr, out.stderr
+    out = qvpo(["verify", str(run), "--updates", "200", "--record", str(record), "--reference", str(ref)], renamed)
+    assert out.returncode == 0 and "adopted" in out.stdout, out.stderr
+    new = meta(run)
+    assert new["identity"] != old["identity"] and "temperature_objective" in new["code_definitions"]
+    (row,) = csv.DictReader(open(record))
+    assert row["how"].startswith(f"qvpo verify --reference {ref}: its code and this code log equal values up to "
+                                 "step 400")
+
+
+def test_verify_against_a_reference_fails_after_a_change_of_computation(sac_run, tmp_path):
+    run = from_another_kind(sac_run, tmp_path)
+    before = (run / "meta.json").read_text()
+    changed = changed_copy(tmp_path, "(log_pi + target_entropy)).mean()", "(log_pi + target_entropy)).mean() * 0.5")
+    out = qvpo(["verify", str(run), "--updates", "200", "--record", str(tmp_path / "adoptions.csv"),
+                "--reference", str(PACKAGE.parent)], changed)
+    assert out.returncode == 1 and "differs first" in out.stderr, out.stderr
+    assert (run / "meta.json").read_text() == before and not (tmp_path / "adoptions.csv").exists()
+
+
+def test_verify_refuses_a_reference_that_did_not_make_the_run(sac_run, tmp_path):
+    run = from_another_kind(sac_run, tmp_path)
+    other = changed_copy(tmp_path, "temperature_loss", "temperature_objective", file="")
+    out = qvpo(["verify", str(run), "--updates", "200", "--reference", str(other.parent)])
+    assert out.returncode == 2 and "did not make" in out.stderr, out.stderr
+    out = qvpo(["verify", str(run), "--updates", "200", "--reference", "no-such-commit"])
+    assert out.returncode == 2 and "neither a checkout" in out.stderr, out.stderr
+
+
 def test_verify_rejects_bad_input(tmp_path):
     out = qvpo(["verify", str(tmp_path)])
     assert out.returncode == 2 and "not a qvpo run directory" in out.stderr
