@@ -169,7 +169,24 @@ def rerun_on_reference(reference: str, run_dir: Path, out: Path, until: int) -> 
 
 
 def cmd_verify(args) -> int:
-    run_dir: Path = args.run_dir
+    """Each run in turn; exit 2 if any was refused, else 1 if any failed, else 0."""
+    if len(args.run_dirs) == 1:
+        return verify(args.run_dirs[0], args)
+    from qvpo.cli import one_line
+
+    codes = []
+    for run_dir in args.run_dirs:
+        try:
+            codes.append(verify(run_dir, args))
+        except UserError as e:
+            print(f"qvpo: error: {one_line(str(e))}", file=sys.stderr)
+            codes.append(2)
+    print(f"qvpo: verify: {codes.count(0)} of {len(codes)} runs verified, {codes.count(1)} failed, "
+          f"{codes.count(2)} refused", file=sys.stderr)
+    return max(codes)
+
+
+def verify(run_dir: Path, args) -> int:
     meta, config = read_run(run_dir)
     settings = current_settings(config)
     here = runlog.machine(meta.get("device", "cpu") if meta.get("device", "cpu").startswith("cuda") else "cpu")

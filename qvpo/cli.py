@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--definitions", action="store_true", help="also list each definition it covers with its digest")
 
     v = sub.add_parser("verify", help="re-run a run's beginning on the current code; adopt it if its logs are equal")
-    v.add_argument("run_dir", type=Path)
+    v.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
     v.add_argument("--updates", type=int, default=VERIFY_UPDATES,
                    help=f"steps past the warm-up to re-run at least (default {VERIFY_UPDATES})")
     v.add_argument("--record", type=Path, default=Path("results/adoptions.csv"), help="the adoptions file")

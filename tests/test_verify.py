@@ -164,9 +164,14 @@ def test_verify_refuses_a_reference_that_did_not_make_the_run(sac_run, tmp_path)
     assert out.returncode == 2 and "neither a checkout" in out.stderr, out.stderr
 
 
-def test_verify_rejects_bad_input(tmp_path):
+def test_verify_rejects_bad_input(sac_run, tmp_path):
     out = qvpo(["verify", str(tmp_path)])
     assert out.returncode == 2 and "not a qvpo run directory" in out.stderr
+    # several runs: each is verified, the bad one named, and the exit code is the worst
+    out = qvpo(["verify", str(fresh(sac_run, tmp_path)), str(tmp_path / "nothing"), "--updates", "200"])
+    assert out.returncode == 2 and "is already current" in out.stdout, out.stderr
+    assert f"{tmp_path / 'nothing'} is not a qvpo run directory" in out.stderr
+    assert "1 of 2 runs verified, 0 failed, 1 refused" in out.stderr
     out = qvpo(["verify", str(tmp_path), "--updates", "0"])
     assert out.returncode == 2 and "--updates must be positive" in out.stderr
 
