@@ -27,6 +27,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import torch
 import yaml
 
 from qvpo import algos, runlog
@@ -99,24 +100,31 @@ def describe(machine: dict) -> str:
     return text + (f", GPU {machine['gpu']}" if "gpu" in machine else "")
 
 
-def rerun(run_dir: Path, out: Path, until: int | None, updates: int = VERIFY_UPDATES):
-    """Re-run the run's beginning (to `until`, else to its verify_stop) on this code into `out`; the Trainer."""
+def rerun(run_dir: Path, out: Path, until: int | None, updates: int = VERIFY_UPDATES,
+          expect_identity: str | None = None):
+    """Re-run the run's beginning (to `until`, else to its verify_stop) on this code into `out`; the Trainer.
+    With `expect_identity`, refuse before training unless this code gives the run that identity."""
     from qvpo.loop import Trainer, TrainRequest
 
     meta, config = read_run(run_dir)
     settings = current_settings(config)
     stop = until if until is not None else verify_stop(settings, algos.get(config["algo"]).uses_warmup,
                                                           meta["steps"], updates)
+    if not 0 < stop <= meta["steps"]:
+        raise UserError(f"--until must lie in 1..{meta['steps']} (the run's steps), got {stop}")
     trainer = Trainer(TrainRequest(config["algo"], config["env"], config["seed"], meta["steps"], out, settings,
                                    meta.get("device", "cpu"), meta.get("threads"), restart=True, progress=False,
                                    stop_at=stop))
+    if expect_identity is not None and trainer.identity != expect_identity:
+        raise UserError(f"this code gives {run_dir} the identity {trainer.identity}, not {expect_identity}: "
+                        "it did not make the run")
     trainer.run()
     return trainer
 
 
 def cmd_rerun(args) -> int:
     """`qvpo rerun RUN_DIR OUT --until STEP`: what `verify --reference` runs on the reference code."""
-    trainer = rerun(args.run_dir.resolve(), args.out.resolve(), args.until)
+    trainer = rerun(args.run_dir.resolve(), args.out.resolve(), args.until, expect_identity=args.expect_identity)
     print(json.dumps({"identity": trainer.identity, "package": str(runlog.PACKAGE_DIR)}))
     return 0
 
@@ -133,56 +141,83 @@ def logs_differences(expected: Path, fresh: Path, until: int) -> list[tuple[int,
     return [d for d in differences if d is not None]
 
 
-def reference_tree(reference: str, tmp: Path) -> Path:
-    """The folder holding the reference code's `qvpo` package: REFERENCE itself when it is a checkout, else
-    the commit REFERENCE of this package's repository, unpacked into `tmp`."""
+def resolve_reference(reference: str) -> str:
+    """REFERENCE as it is recorded: a checkout's absolute folder, or the full hash of a commit of this
+    package's repository (so that `HEAD~2` means the same thing later, and no option reaches git)."""
     if (Path(reference) / "qvpo" / "__main__.py").is_file():
-        return Path(reference).resolve()
-    unpack_package(reference, tmp, "--reference is neither a checkout (a folder holding qvpo/) nor a commit")
-    return tmp
+        return str(Path(reference).resolve())
+    repo = runlog.PACKAGE_DIR.parent
+    out = subprocess.run(["git", "rev-parse", "--verify", "--quiet", "--end-of-options", f"{reference}^{{commit}}"],
+                         cwd=repo, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise UserError(f"--reference {reference} is neither a checkout (a folder holding qvpo/) nor a commit of "
+                        f"{repo}'s git repository")
+    return out.stdout.strip()
 
 
 def unpack_package(commit: str, tmp: Path, what: str) -> None:
     """The `qvpo` package as it is at `commit` of this package's repository, unpacked into `tmp`."""
     repo = runlog.PACKAGE_DIR.parent
-    archive = subprocess.run(["git", "archive", commit, "qvpo"], cwd=repo, capture_output=True)
+    archive = subprocess.run(["git", "archive", "--end-of-options", commit, "qvpo"], cwd=repo, capture_output=True)
     if archive.returncode != 0:
         raise UserError(f"{what} {commit} of {repo}: {archive.stderr.decode().strip()}")
     subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive.stdout, check=True)
 
 
-def rerun_on_reference(reference: str, run_dir: Path, out: Path, until: int) -> str:
-    """Re-run the run's beginning on the reference code, in its own interpreter; the identity that code gives it."""
+def rerun_on_reference(reference: str, run_dir: Path, out: Path, until: int, identity: str) -> None:
+    """Re-run the run's beginning on the reference code (a resolved checkout or commit), in its own
+    interpreter, refusing it unless that code gives the run `identity`."""
     with tempfile.TemporaryDirectory(prefix="qvpo-reference-") as tmp:
-        tree = reference_tree(reference, Path(tmp))
+        tree = Path(reference)
+        if not (tree.is_absolute() and (tree / "qvpo" / "__main__.py").is_file()):  # a commit's hash
+            tree = Path(tmp)
+            unpack_package(reference, tree, "cannot read commit")
         # from the tree's folder: `python -m` puts the working directory first on the path
         done = subprocess.run([sys.executable, "-m", "qvpo", "rerun", str(run_dir.resolve()), str(out.resolve()),
-                               "--until", str(until)], cwd=tree, capture_output=True, text=True,
-                              env={**os.environ, "PYTHONPATH": str(tree)})
+                               "--until", str(until), "--expect-identity", identity], cwd=tree, capture_output=True,
+                              text=True, env={**os.environ, "PYTHONPATH": str(tree)})
+        if "invalid choice: 'rerun'" in done.stderr:
+            raise UserError(f"the code at {reference} has no `qvpo rerun` (it came with `verify --reference`): "
+                            "name a later commit whose code gives the run its identity")
         if done.returncode != 0:
-            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            raise UserError(f"the reference code ({reference}) could not re-run {run_dir}: {last}")
-        result = json.loads(done.stdout.strip().splitlines()[-1])
-        if Path(result["package"]).resolve() != (tree / "qvpo").resolve():
-            raise UserError(f"the reference re-run imported {result['package']}, not {tree / 'qvpo'}")
-        return result["identity"]
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1].removeprefix("qvpo: error: ")
+            raise UserError(f"the reference code ({reference}) cannot re-run {run_dir}: {last}")
+        try:
+            package = json.loads(done.stdout.strip().splitlines()[-1])["package"]
+        except (IndexError, ValueError, KeyError, TypeError):
+            raise UserError(f"the reference code ({reference}) printed no result for {run_dir}") from None
+        if Path(package).resolve() != (tree / "qvpo").resolve():
+            raise UserError(f"the reference re-run imported {package}, not {tree / 'qvpo'}")
+
+
+OUTCOMES = {0: "verified", 1: "failed (logs differ)", 2: "refused", 3: "stopped"}
 
 
 def cmd_verify(args) -> int:
-    """Each run in turn; exit 2 if any was refused, else 1 if any failed, else 0."""
+    """Each run in turn; the exit code is the worst outcome (OUTCOMES, by number)."""
+    if args.reference is not None:
+        args.reference = resolve_reference(args.reference)
     if len(args.run_dirs) == 1:
         return verify(args.run_dirs[0], args)
     from qvpo.cli import one_line
+    from qvpo.errors import RunStopped
 
+    threads = torch.get_num_threads()
     codes = []
-    for run_dir in args.run_dirs:
-        try:
-            codes.append(verify(run_dir, args))
-        except UserError as e:
-            print(f"qvpo: error: {one_line(str(e))}", file=sys.stderr)
-            codes.append(2)
-    print(f"qvpo: verify: {codes.count(0)} of {len(codes)} runs verified, {codes.count(1)} failed, "
-          f"{codes.count(2)} refused", file=sys.stderr)
+    try:
+        for run_dir in args.run_dirs:
+            torch.set_num_threads(threads)  # a run that records no thread count gets torch's choice, as it did
+            try:
+                codes.append(verify(run_dir, args))
+            except UserError as e:
+                print(f"qvpo: error: {one_line(str(e))}", file=sys.stderr)
+                codes.append(2)
+            except RunStopped as e:
+                print(f"qvpo: {one_line(str(e))}", file=sys.stderr)
+                codes.append(3)
+    finally:
+        print(f"qvpo: verify: {len(codes)} of {len(args.run_dirs)} runs done: "
+              + ", ".join(f"{codes.count(c)} {what}" for c, what in OUTCOMES.items()), file=sys.stderr)
     return max(codes)
 
 
@@ -191,26 +226,24 @@ def verify(run_dir: Path, args) -> int:
     settings = current_settings(config)
     here = runlog.machine(meta.get("device", "cpu") if meta.get("device", "cpu").startswith("cuda") else "cpu")
     recorded = meta.get("machine")
-    if args.reference is None and recorded is not None and recorded != here:
+    same_kind = recorded is not None and recorded == here
+    if args.reference is None and recorded is not None and not same_kind:
         raise UserError(f"{run_dir} was trained on {describe(recorded)}; this machine is {describe(here)}: "
                         "its numbers are bit-exact only on the machine kind that trained it, so verify it there, "
                         "or here against the code that made it (--reference COMMIT)")
     stop = verify_stop(settings, algos.get(config["algo"]).uses_warmup, meta["steps"], args.updates)
     if meta.get("step", 0) < stop:
         raise UserError(f"{run_dir} has reached step {meta.get('step', 0)}; verify needs it at step {stop} or beyond")
-    against = "the run's logs" if args.reference is None else f"the reference code's ({args.reference}) re-run"
+    against = "the run's logs" if args.reference is None else f"a re-run on the reference code ({args.reference})"
     print(f"qvpo: verify {run_dir}: re-running steps 0 to {stop} of {meta['steps']} on the current code "
           f"({meta.get('threads')} threads, device {meta.get('device', 'cpu')}) against {against}", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="qvpo-verify-") as tmp:
-        expected = run_dir
+        expected = [run_dir] if args.reference is None or same_kind else []
         if args.reference is not None:
-            expected = Path(tmp) / "reference"
-            made_by = rerun_on_reference(args.reference, run_dir, expected, stop)
-            if made_by != meta["identity"]:
-                raise UserError(f"{args.reference} did not make {run_dir}: it gives the run identity {made_by}, "
-                                f"the run records {meta['identity']}")
+            expected.append(Path(tmp) / "reference")
+            rerun_on_reference(args.reference, run_dir, expected[-1], stop, meta["identity"])
         trainer = rerun(run_dir, Path(tmp) / "run", stop)
-        differences = logs_differences(expected, Path(tmp) / "run", stop)
+        differences = [d for e in expected for d in logs_differences(e, Path(tmp) / "run", stop)]
         if differences:
             unknown = "" if recorded is not None or args.reference is not None else (
                 "; the run records no machine kind, so the CPU kind that trained it may differ from this one "

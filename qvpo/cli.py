@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("run_dir", type=Path)
     r.add_argument("out", type=Path)
     r.add_argument("--until", type=int, required=True, help="the last step to re-run")
+    r.add_argument("--expect-identity", default=None, help="refuse, before training, a run this code gives another identity")
 
     a = sub.add_parser("adopt-legacy", help="adopt runs made before code identities: their byte hash at COMMIT")
     a.add_argument("runs", type=Path, nargs="+", help="folders to search for run directories")

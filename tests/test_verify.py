@@ -105,8 +105,18 @@ def test_verify_refuses_a_run_of_another_machine_kind(sac_run, tmp_path):
     assert out.returncode == 2 and "bit-exact only on the machine kind that trained it" in out.stderr
 
 
+def with_changed_log(run: Path) -> Path:
+    """The run with its first evaluation's return changed: what another machine kind's rounding does."""
+    lines = (run / "eval.csv").read_text().splitlines(keepends=True)
+    row = lines[1].split(",")
+    row[1] = "12345.0"
+    (run / "eval.csv").write_text("".join([lines[0], ",".join(row), *lines[2:]]))
+    return run
+
+
 def from_another_kind(sac_run: Path, tmp_path: Path) -> Path:
-    run = fresh(sac_run, tmp_path)
+    """A run recorded as made on another CPU kind, whose logs this machine cannot reproduce."""
+    run = with_changed_log(fresh(sac_run, tmp_path))
     m = meta(run)
     m["machine"]["cpu"]["model"] = "Another CPU"
     (run / "meta.json").write_text(json.dumps(m))
@@ -141,8 +151,10 @@ def test_a_run_of_another_kind_is_adopted_against_the_code_that_made_it(sac_run,
     new = meta(run)
     assert new["identity"] != old["identity"] and "temperature_objective" in new["code_definitions"]
     (row,) = csv.DictReader(open(record))
-    assert row["how"].startswith(f"qvpo verify --reference {ref}: its code and this code log equal values up to "
-                                 "step 400")
+    recorded = str(PACKAGE.parent) if reference == "checkout" else subprocess.run(
+        ["git", "-C", str(renamed.parent), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert row["how"].startswith(f"qvpo verify --reference {recorded}: its code and this code log equal values up "
+                                 "to step 400")
 
 
 def test_verify_against_a_reference_fails_after_a_change_of_computation(sac_run, tmp_path):
@@ -153,6 +165,10 @@ def test_verify_against_a_reference_fails_after_a_change_of_computation(sac_run,
                 "--reference", str(PACKAGE.parent)], changed)
     assert out.returncode == 1 and "differs first" in out.stderr, out.stderr
     assert (run / "meta.json").read_text() == before and not (tmp_path / "adoptions.csv").exists()
+    # a run of this machine's kind is compared with its own logs as well
+    same_kind = with_changed_log(fresh(sac_run, tmp_path / "same"))
+    out = qvpo(["verify", str(same_kind), "--updates", "200", "--reference", str(PACKAGE.parent)])
+    assert out.returncode == 1 and "eval.csv line 2 (step 200) differs first: return_mean is 12345.0" in out.stderr
 
 
 def test_verify_refuses_a_reference_that_did_not_make_the_run(sac_run, tmp_path):
@@ -171,7 +187,9 @@ def test_verify_rejects_bad_input(sac_run, tmp_path):
     out = qvpo(["verify", str(fresh(sac_run, tmp_path)), str(tmp_path / "nothing"), "--updates", "200"])
     assert out.returncode == 2 and "is already current" in out.stdout, out.stderr
     assert f"{tmp_path / 'nothing'} is not a qvpo run directory" in out.stderr
-    assert "1 of 2 runs verified, 0 failed, 1 refused" in out.stderr
+    assert "2 of 2 runs done: 1 verified, 0 failed (logs differ), 1 refused, 0 stopped" in out.stderr
+    out = qvpo(["rerun", str(fresh(sac_run, tmp_path / "bounds")), str(tmp_path / "out"), "--until", "0"])
+    assert out.returncode == 2 and "--until must lie in 1..600" in out.stderr, out.stderr
     out = qvpo(["verify", str(tmp_path), "--updates", "0"])
     assert out.returncode == 2 and "--updates must be positive" in out.stderr
 
