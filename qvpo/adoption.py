@@ -256,9 +256,10 @@ def verify(run_dir: Path, args) -> int:
     how = (f"qvpo verify: logs equal up to step {stop}" if args.reference is None else
            f"qvpo verify --reference {args.reference}: its code and this code log equal values up to step {stop} "
            f"on {describe(here)}")
+    old_identity = meta["identity"]  # adopt() rewrites meta
     adopt(run_dir, meta, trainer.settings_dict, trainer.identity, trainer.code, trainer.code_definitions, how,
           args.record)
-    print(f"qvpo: verified {run_dir} up to step {stop}; adopted: identity {meta['identity']} -> {trainer.identity} "
+    print(f"qvpo: verified {run_dir} up to step {stop}; adopted: identity {old_identity} -> {trainer.identity} "
           f"(recorded in {args.record})")
     return 0
 

@@ -73,6 +73,7 @@ def test_a_rename_is_verified_and_adopted(sac_run, tmp_path):
     assert [(r["old_identity"], r["new_identity"], r["new_code"]) for r in rows] == [
         (old["identity"], new["identity"], identity)]
     assert rows[0]["how"].startswith("qvpo verify: logs equal up to step 400")
+    assert f"adopted: identity {old['identity']} -> {new['identity']}" in out.stdout
     (done,) = run.glob("done-*.json")
     (final,) = run.glob("final-*.json")
     assert done.name != "done-0123456789abcdef.json" and json.loads(done.read_text())["identity"] == new["identity"]
