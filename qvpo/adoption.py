@@ -7,9 +7,12 @@ restructures code, the runs it touches are kept only when shown equivalent:
     eval.csv, train.csv and actions.csv with the run's, every column but the wall times, value by
     value as written. Equal: the run is adopted under the current identity. Those values are bit-exact
     only on the machine kind that trained the run; on any other kind, `--reference COMMIT` re-runs the
-    same beginning twice here, on the code at COMMIT (which must give the run its recorded identity:
-    it made the run) and on the current code, and compares the two: equal values show that the change
-    computes what the code that made the run computes.
+    same beginning here on the code at COMMIT too (which must give the run its recorded identity: it
+    made the run) and compares the two re-runs: equal values show that the change computes what the
+    code that made the run computes. A run that records no machine kind is compared with its own logs
+    first, and with the reference only if they differ; a run of this kind, with its own logs only.
+    `--reference-cache DIR` keeps each reference re-run under DIR, to be reused by a later verify of
+    the same run against the same reference on this machine kind (an interrupted adoption resumes).
   - `qvpo adopt-legacy --parent COMMIT RUNS...` adopts the runs made before identities followed what
     code computes: those whose recorded code hash is the byte hash of their algorithm's sources at
     COMMIT (the parent of the change that brought identities), with no code history.
@@ -22,18 +25,19 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
-import yaml
 
 from qvpo import algos, runlog
 from qvpo.errors import UserError
 from qvpo.identity import current as current_code
-from qvpo.settings import as_dict, rename_aliases, resolve
+from qvpo.rundir import RunDir
+from qvpo.settings import as_dict, resolve
 
 VERIFY_UPDATES = 3000
 """Environment steps past the warm-up that `verify` re-runs at least (one update each off-policy)."""
@@ -43,29 +47,18 @@ COMPARED_LOGS = ("eval.csv", "train.csv", "actions.csv")
 ADOPTION_COLUMNS = ["run", "old_identity", "new_identity", "old_code", "new_code", "commit", "how"]
 
 
-def read_run(run_dir: Path) -> tuple[dict, dict]:
-    meta = runlog.read_meta(run_dir)
-    if meta is None:
-        raise UserError(f"{run_dir} is not a qvpo run directory (no readable meta.json)")
-    try:
-        config = yaml.safe_load((run_dir / "config.yaml").read_text())
-        config["settings"]
-    except (OSError, yaml.YAMLError, KeyError, TypeError):
-        raise UserError(f"{run_dir}/config.yaml is missing or unreadable") from None
-    return meta, config
-
-
 def current_settings(config: dict) -> dict:
     """The run's recorded settings as the current settings class reads them (renamed keys through the alias table)."""
-    cls = algos.get(config["algo"]).Settings
-    return as_dict(resolve(cls, rename_aliases(cls, config["settings"])))
+    return as_dict(resolve(algos.get(config["algo"]).Settings, config["settings"]))
 
 
-def verify_stop(settings: dict, uses_warmup: bool, steps: int, updates: int = VERIFY_UPDATES) -> int:
-    """The first evaluation step at least `updates` steps past the warm-up, or the run's end."""
-    warmup = settings.get("warmup_steps", 0) if uses_warmup else 0
-    every = settings["eval_every"]
-    return min(steps, -(-(warmup + updates) // every) * every)
+def verify_stop(config: dict, steps: int, updates: int = VERIFY_UPDATES) -> int:
+    """The first evaluation step at least `updates` steps past the run's warm-up, or the run's end (config:
+    its config.yaml; renamed settings keys read through the alias table)."""
+    cls = algos.get(config["algo"])
+    settings = resolve(cls.Settings, config["settings"])
+    every = settings.eval_every
+    return min(steps, -(-(cls.warmup(settings) + updates) // every) * every)
 
 
 def _rows(path: Path, until: int) -> tuple[list[str], list[list[str]]]:
@@ -106,10 +99,9 @@ def rerun(run_dir: Path, out: Path, until: int | None, updates: int = VERIFY_UPD
     With `expect_identity`, refuse before training unless this code gives the run that identity."""
     from qvpo.loop import Trainer, TrainRequest
 
-    meta, config = read_run(run_dir)
+    meta, config = RunDir(run_dir).read()
     settings = current_settings(config)
-    stop = until if until is not None else verify_stop(settings, algos.get(config["algo"]).uses_warmup,
-                                                          meta["steps"], updates)
+    stop = until if until is not None else verify_stop(config, meta["steps"], updates)
     if not 0 < stop <= meta["steps"]:
         raise UserError(f"--until must lie in 1..{meta['steps']} (the run's steps), got {stop}")
     trainer = Trainer(TrainRequest(config["algo"], config["env"], config["seed"], meta["steps"], out, settings,
@@ -222,8 +214,7 @@ def cmd_verify(args) -> int:
 
 
 def verify(run_dir: Path, args) -> int:
-    meta, config = read_run(run_dir)
-    settings = current_settings(config)
+    meta, config = RunDir(run_dir).read()
     here = runlog.machine(meta.get("device", "cpu") if meta.get("device", "cpu").startswith("cuda") else "cpu")
     recorded = meta.get("machine")
     same_kind = recorded is not None and recorded == here
@@ -231,37 +222,62 @@ def verify(run_dir: Path, args) -> int:
         raise UserError(f"{run_dir} was trained on {describe(recorded)}; this machine is {describe(here)}: "
                         "its numbers are bit-exact only on the machine kind that trained it, so verify it there, "
                         "or here against the code that made it (--reference COMMIT)")
-    stop = verify_stop(settings, algos.get(config["algo"]).uses_warmup, meta["steps"], args.updates)
+    stop = verify_stop(config, meta["steps"], args.updates)
     if meta.get("step", 0) < stop:
         raise UserError(f"{run_dir} has reached step {meta.get('step', 0)}; verify needs it at step {stop} or beyond")
-    against = "the run's logs" if args.reference is None else f"a re-run on the reference code ({args.reference})"
     print(f"qvpo: verify {run_dir}: re-running steps 0 to {stop} of {meta['steps']} on the current code "
-          f"({meta.get('threads')} threads, device {meta.get('device', 'cpu')}) against {against}", file=sys.stderr)
+          f"({meta.get('threads')} threads, device {meta.get('device', 'cpu')})", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="qvpo-verify-") as tmp:
-        expected = [run_dir] if args.reference is None or same_kind else []
-        if args.reference is not None:
-            expected.append(Path(tmp) / "reference")
-            rerun_on_reference(args.reference, run_dir, expected[-1], stop, meta["identity"])
-        trainer = rerun(run_dir, Path(tmp) / "run", stop)
-        differences = [d for e in expected for d in logs_differences(e, Path(tmp) / "run", stop)]
+        fresh = Path(tmp) / "run"
+        trainer = rerun(run_dir, fresh, stop)
+        # the run's own logs decide on its machine kind; on another kind (or an unknown one whose logs
+        # differ) a re-run of the reference code here does
+        differences = logs_differences(run_dir, fresh, stop) if recorded is None or same_kind else None
+        how = f"qvpo verify: logs equal up to step {stop}"
+        if args.reference is not None and not same_kind and differences != []:
+            reference = reference_rerun(args, run_dir, meta["identity"], stop, here, Path(tmp) / "reference")
+            differences = logs_differences(reference, fresh, stop)
+            how = (f"qvpo verify --reference {args.reference}: its code and this code log equal values up to "
+                   f"step {stop} on {describe(here)}")
         if differences:
             unknown = "" if recorded is not None or args.reference is not None else (
                 "; the run records no machine kind, so the CPU kind that trained it may differ from this one "
-                f"({describe(here)})")
+                f"({describe(here)}): verify it against the code that made it (--reference COMMIT)")
             print(f"qvpo: verify failed: {min(differences)[1]}{unknown}", file=sys.stderr)
             return 1
     if trainer.identity == meta.get("identity"):
         print(f"qvpo: verified {run_dir} up to step {stop}: its identity {trainer.identity} is already current")
         return 0
-    how = (f"qvpo verify: logs equal up to step {stop}" if args.reference is None else
-           f"qvpo verify --reference {args.reference}: its code and this code log equal values up to step {stop} "
-           f"on {describe(here)}")
     old_identity = meta["identity"]  # adopt() rewrites meta
     adopt(run_dir, meta, trainer.settings_dict, trainer.identity, trainer.code, trainer.code_definitions, how,
           args.record)
     print(f"qvpo: verified {run_dir} up to step {stop}; adopted: identity {old_identity} -> {trainer.identity} "
           f"(recorded in {args.record})")
     return 0
+
+
+def reference_rerun(args, run_dir: Path, identity: str, stop: int, here: dict, out: Path) -> Path:
+    """The run's beginning re-run on the reference code: into `out`, or kept in (and reused from) the
+    reference cache when there is one. A cached re-run counts only for the same run identity, stop,
+    reference and machine kind (its info.json); a partial one is re-run."""
+    if args.reference_cache is None:
+        rerun_on_reference(args.reference, run_dir, out, stop, identity)
+        return out
+    resolved = run_dir.resolve()
+    key = resolved.relative_to(Path.cwd()) if resolved.is_relative_to(Path.cwd()) else resolved.relative_to("/")
+    cached = args.reference_cache / key
+    info = {"identity": identity, "stop": stop, "reference": args.reference, "machine": here}
+    try:
+        if json.loads((cached / "info.json").read_text()) == info:
+            return cached
+    except (OSError, ValueError):
+        pass
+    if cached.exists():
+        shutil.rmtree(cached)
+    rerun_on_reference(args.reference, run_dir, cached, stop, identity)
+    shutil.rmtree(cached / "checkpoint", ignore_errors=True)
+    (cached / "info.json").write_text(json.dumps(info, indent=1) + "\n")
+    return cached
 
 
 def adopt(run_dir: Path, meta: dict, settings: dict, identity: str, code: str, definitions: dict, how: str,
@@ -328,7 +344,7 @@ def cmd_adopt_legacy(args) -> int:
     adopted = skipped = 0
     for path in metas:
         run_dir = path.parent
-        meta, config = read_run(run_dir)
+        meta, config = RunDir(run_dir).read()
         algo = meta["algo"]
         reason = None
         if meta.get("code_definitions") is not None:

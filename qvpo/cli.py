@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--reference", metavar="COMMIT", default=None,
                    help="compare with a re-run on the code that made the run (a commit, or a checkout's folder) "
                         "instead of the run's logs: for a run of another machine kind")
+    v.add_argument("--reference-cache", type=Path, default=None, metavar="DIR",
+                   help="keep each reference re-run under DIR and reuse it in a later verify of the same run "
+                        "against the same reference on this machine kind")
 
     r = sub.add_parser("rerun", help="re-run a run's beginning into OUT (what verify --reference runs)")
     r.add_argument("run_dir", type=Path)
@@ -105,7 +108,7 @@ def cmd_evaluate(args) -> int:
     import torch
 
     from qvpo.checkpoint import atomic_write_text
-    from qvpo.loop import evaluate_run
+    from qvpo.evaluation import evaluate_run
 
     if args.threads is not None:
         if args.threads <= 0:

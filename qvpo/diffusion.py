@@ -12,7 +12,8 @@ the state part is computed once per state, the time part once per step value
 action product is left, plus a broadcast add. That is exactly the authors' network,
 only evaluated in a different order (equal within float rounding, tested). The hidden layers
 of that factored network run in qvpo.fastpath (chunks on worker threads, native Mish kernels on
-the CPU; plain batched products on a GPU).
+the CPU. `fastpath.on_fast_path(device)` picks it on a CPU; on CUDA the agents run the plain
+networks (`factored=False` below), the reference the tests hold the fast path to.
 """
 from __future__ import annotations
 
@@ -27,9 +28,9 @@ from torch import nn
 
 from qvpo.agent import OffPolicyAgent
 from qvpo.errors import UserError
-from qvpo.fastpath import ChunkedMishMLP, chunk_threads, mish, mish_mlp_linears
+from qvpo.fastpath import ChunkedMishMLP, chunk_threads, mish, mish_mlp_linears, on_fast_path
 from qvpo.nets import TwinQ, init_authors_normal
-from qvpo.settings import OffPolicySettings, require_positive
+from qvpo.settings import OffPolicySettings, require_positive, widths
 
 
 # --------------------------------------------------------------------------- schedule
@@ -163,7 +164,7 @@ class NoisePredictorSettings(OffPolicySettings):
     """Noise-net width (authors' model.py Model)."""
     t_dim: int = 32
     """Width of the sinusoidal time embedding (authors' model.py Model)."""
-    critic_hidden: list[int] = (256, 256, 256)
+    critic_hidden: list[int] = widths(256, 256, 256)
     """Twin critics: 3 x (Linear, Mish) (authors' model.py Critic)."""
     actor_lr: float = 3e-4
     """Diffusion-policy learning rate (authors' main.py diffusion_lr; each algorithm sets its own)."""
@@ -180,9 +181,6 @@ class NoisePredictorSettings(OffPolicySettings):
     """True reproduces the authors' code, which ends the return at time-limit truncation (a known bias)."""
     truncated_init: bool = False
     """True initialises with the truncated normal the authors meant; False is what their code does."""
-
-    def __post_init__(self):
-        self.critic_hidden = list(self.critic_hidden)
 
     def validate(self) -> None:
         require_positive(self, "diffusion_steps", "hidden")
@@ -249,6 +247,11 @@ class NoisePredictor(nn.Module):
             h = lin(mish(h))
         return h
 
+    def predict_noise(self, a_t: torch.Tensor, t: torch.Tensor, s: torch.Tensor, factored: bool,
+                      T: int | None = None) -> torch.Tensor:
+        """eps_theta(a_t, t, s) with gradients: forward_factored (the fast path), or the plain forward."""
+        return self.forward_factored(a_t, t, s, T) if factored else self(a_t, t, s)
+
 
 class NoisePredictorAgent(OffPolicyAgent):
     """The networks QVPO and DIPO share: a noise-predicting actor on the cosine schedule, twin Mish critics
@@ -265,6 +268,7 @@ class NoisePredictorAgent(OffPolicyAgent):
         self.critic_target = copy.deepcopy(self.critic)
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=c.actor_lr, eps=c.adam_eps)
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=c.critic_lr, eps=c.adam_eps)
+        self.factored = on_fast_path(device)  # the networks factored and chunked (a CPU), else plain (CUDA)
 
     def bootstrap_mask(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """1 where the TD target stops: termination, and truncation too with `truncation_as_terminal`."""
@@ -291,10 +295,11 @@ def _update(x: torch.Tensor, eps: torch.Tensor, x0: torch.Tensor, coeffs: tuple,
 def ddpm_sample(model: NoisePredictor, schedule: DiffusionSchedule, s: torch.Tensor,
                 n_candidates: int = 1, clip: float = 1.0, generator: torch.Generator | None = None,
                 noise_ratio: float = 1.0, factored: bool = True,
-                dtype: torch.dtype | None = None, chunk_rows: int | None = None, network=None) -> torch.Tensor:
+                dtype: torch.dtype | None = None, chunk_rows: int | None = None, network=None,
+                init_scale: float = 1.0) -> torch.Tensor:
     """DDPM ancestral sampling of K = n_candidates actions per state: s [B, S] -> [B, K, A].
 
-    a_T ~ N(0, I); for t = T-1..0: eps = model(a_t, t, s); a_0 = clamp(sqrt(1/abar) a_t
+    a_T ~ init_scale N(0, I) (SDAC's and DPMD's authors: 0.5); for t = T-1..0: eps = model(a_t, t, s); a_0 = clamp(sqrt(1/abar) a_t
     - sqrt(1/abar - 1) eps); a_{t-1} = coef1 a_0 + coef2 a_t + [t > 0] noise_ratio sigma_t z;
     final clamp to [-clip, clip]. noise_ratio=0 is DIPO's noise-free evaluation.
 
@@ -312,7 +317,7 @@ def ddpm_sample(model: NoisePredictor, schedule: DiffusionSchedule, s: torch.Ten
     N = B * K
     dev = s.device
     coeffs = schedule.step_coefficients(noise_ratio)       # the one host sync of the call
-    x = torch.randn(N, A, device=dev, generator=generator)
+    x = torch.randn(N, A, device=dev, generator=generator).mul_(init_scale)
     x0, z = torch.empty_like(x), torch.empty_like(x)
 
     with chunk_threads(dev if factored and network is None else None, N, chunk_rows) as workers:
@@ -356,15 +361,15 @@ def weighted_eps_loss(model: NoisePredictor, schedule: DiffusionSchedule, action
     mean over rows and action dims of w_i (eps - eps_theta(a_t, t, s))^2,
     t ~ U{0..T-1}, eps ~ N(0, I) unless given. weights [N] or None (all ones).
     factored: a NoisePredictor runs through forward_factored (equal within rounding, faster);
-    with factored=False, or any other callable, eps_theta is model(a_t, t, s)."""
+    with factored=False, or any other callable, eps_theta is model(a_t, t, s) (NoisePredictor.predict_noise)."""
     N = actions.shape[0]
     if t is None:
         t = torch.randint(0, schedule.T, (N,), device=actions.device, generator=generator)
     if eps is None:
         eps = torch.randn(actions.shape, device=actions.device, generator=generator)
     a_t = q_sample(schedule, actions, t, eps)
-    if factored and isinstance(model, NoisePredictor):
-        predicted = model.forward_factored(a_t, t, states, T=schedule.T)
+    if isinstance(model, NoisePredictor):
+        predicted = model.predict_noise(a_t, t, states, factored, T=schedule.T)
     else:
         predicted = model(a_t, t, states)
     sq = (eps - predicted) ** 2
@@ -397,6 +402,27 @@ def twin_min_q(critic: TwinQ, states: torch.Tensor, candidates: torch.Tensor,
     with chunk_threads(states.device, K * B, chunk_rows) as workers:
         q = torch.minimum(q_values(critic.q1, workers), q_values(critic.q2, workers))
     return q.view(K, B).t().contiguous()
+
+
+@torch.no_grad()
+def min_q_scores(critic, states: torch.Tensor, candidates: torch.Tensor, factored: bool) -> torch.Tensor:
+    """min(Q1, Q2) of candidates [B, K, A] at states [B, S]: scores [B, K]. A TwinQ on the fast path is scored
+    factored (twin_min_q); otherwise, or any other critic, critic.min_q scores the B*K materialised rows (the
+    authors' order)."""
+    if factored and isinstance(critic, TwinQ):
+        return twin_min_q(critic, states, candidates)
+    B, K, A = candidates.shape
+    s = states.unsqueeze(1).expand(B, K, states.shape[1]).reshape(B * K, -1)
+    return critic.min_q(s, candidates.reshape(B * K, A)).view(B, K)
+
+
+def best_candidate(critic: TwinQ, states: torch.Tensor, candidates: torch.Tensor,
+                   factored: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """The candidate [B, A] with the largest min(Q1, Q2), and all scores [B, K], from candidates [B, K, A]
+    (scored by diffusion.min_q_scores: factored on the fast path, else on the B*K materialised rows)."""
+    scores = min_q_scores(critic, states, candidates, factored)
+    best = scores.argmax(dim=1)
+    return candidates[torch.arange(states.shape[0], device=states.device), best], scores
 
 
 class ScaledSinusoidalEmb(nn.Module):

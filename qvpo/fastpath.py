@@ -70,6 +70,13 @@ def mish(x: torch.Tensor) -> torch.Tensor:
     return _Mish.apply(x)
 
 
+def on_fast_path(device: torch.device) -> bool:
+    """Whether the diffusion algorithms' networks run here factored and chunked (the sampler, the noise-prediction
+    loss, the critics' scores of candidates): on a CPU. On CUDA they run as the plain batched networks, in the
+    authors' order, which are also the fast path's reference in the tests."""
+    return device.type == "cpu"
+
+
 CPU_CHUNK_ROWS = 512
 """Rows per chunk of the chunked MLP on the CPU, each chunk on one core: its three [512, 256] float32 buffers
 (1.5 MB) stay in the core's L2 (measured best of 256-2048)."""

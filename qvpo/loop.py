@@ -22,19 +22,15 @@ import torch
 import yaml
 
 from qvpo import algos, checkpoint, runlog
-from qvpo.agent import Agent, uniform_actions
+from qvpo.agent import Agent, Mode, uniform_actions
 from qvpo.envs import EnvPool
 from qvpo.errors import RunStopped, UserError
+from qvpo.evaluation import TRAIN_EVAL_SEED, evaluate, to_obs
 from qvpo.identity import changed_definitions
+from qvpo.rundir import RunDir
+from qvpo.runlog import Progress
 from qvpo.runtime import pick_device, rng_state, seed_everything, set_rng_state, slurm_time_left
 from qvpo.settings import NOT_IDENTITY, as_dict, rename_aliases, resolve
-
-CKPT_DIR = "checkpoint"
-STATE_FILE = "state.pt"
-TRAIN_EVAL_SEED = 100_000
-"""Evaluation episodes during training reset with seed TRAIN_EVAL_SEED + 1000*seed + i."""
-FINAL_EVAL_SEED = 200_000
-"""`qvpo evaluate` uses other start states than the evaluations it is compared with."""
 
 
 class Diverged(Exception):
@@ -51,25 +47,6 @@ class Interrupted(Exception):
 
 EXIT_BEFORE_TIME_LIMIT = 75
 """Exit code of a run stopped ahead of its SLURM job's time limit (EX_TEMPFAIL: retry to resume)."""
-
-
-def to_obs(obs: np.ndarray, device: torch.device) -> torch.Tensor:
-    return torch.as_tensor(obs, dtype=torch.float32, device=device)
-
-
-@torch.no_grad()
-def evaluate(agent: Agent, env_id: str, episodes: int, seed: int, mode: str) -> np.ndarray:
-    """Returns of `episodes` episodes run in lockstep, env i reset with seed + i."""
-    pool = EnvPool(env_id, episodes, seed)
-    returns = np.zeros(episodes)
-    running = np.ones(episodes, dtype=bool)
-    while running.any():
-        action = agent.act(to_obs(pool.obs, agent.device), mode).cpu().numpy()
-        tr = pool.step(action)
-        returns += np.where(running, tr.reward, 0.0)
-        running &= ~(tr.terminated | tr.truncated)
-    pool.close()
-    return returns
 
 
 @dataclass
@@ -106,11 +83,12 @@ class Trainer:
         if req.threads:
             torch.set_num_threads(req.threads)
         self.run_dir = Path(req.out)
+        self.rundir = RunDir(self.run_dir)
         self.code = runlog.code_hash(req.algo)
         self.code_definitions = runlog.code_definitions(req.algo)
         self.settings_dict = as_dict(self.settings)
         self.identity = runlog.identity(req.algo, req.env_id, req.seed, self.settings_dict, self.code)
-        self.pool = EnvPool(req.env_id, getattr(self.settings, "num_envs", 1), req.seed)
+        self.pool = EnvPool(req.env_id, self.agent_cls.env_count(self.settings), req.seed)
         self._signal: int | None = None
         self.deadline: float | None = None
 
@@ -118,7 +96,7 @@ class Trainer:
     def check_dir(self) -> dict | None:
         """Refuse a directory of another run (touching nothing); returns this run's existing meta, if any."""
         d = self.run_dir
-        meta = runlog.read_meta(d)
+        meta = self.rundir.meta
         if self.req.restart:
             return None
         if meta is not None and meta.get("identity") != self.identity:
@@ -160,7 +138,7 @@ class Trainer:
     def create_dir(self) -> None:
         if self.req.restart and self.run_dir.exists():
             shutil.rmtree(self.run_dir)
-        (self.run_dir / CKPT_DIR).mkdir(parents=True, exist_ok=True)
+        self.rundir.checkpoint_dir.mkdir(parents=True, exist_ok=True)
 
     def _meta_base(self) -> dict:
         r = self.req
@@ -169,24 +147,24 @@ class Trainer:
 
     # -- checkpoint ---------------------------------------------------------------------
     def save_checkpoint(self, step: int) -> None:
-        ckdir = self.run_dir / CKPT_DIR
+        ckdir = self.rundir.checkpoint_dir
         storage = {name: buf.save_blocks(ckdir, name, step) for name, buf in self.agent.storage().items()}
         state = {"step": step, "agent": self.agent.state_dict(), "pool": self.pool.state(), "rng": rng_state(),
                  "action_rng": self.action_rng.bit_generator.state, "episode": self.episode_state(),
                  "metric_sums": dict(self.metric_sums),
                  "metric_counts": dict(self.metric_counts), "storage": storage,
                  "wall_time": self.wall_time(), "last_eval": self.last_eval}
-        checkpoint.save(state, ckdir / STATE_FILE)
-        keep = {STATE_FILE} | {f for buf in self.agent.storage().values() for f in buf.files()}
+        checkpoint.save(state, self.rundir.state_file)
+        keep = {self.rundir.state_file.name} | {f for buf in self.agent.storage().values() for f in buf.files()}
         for f in ckdir.iterdir():
             if f.name not in keep and not f.name.startswith("."):
                 f.unlink()
         self.meta.update(step=step, wall_time_s=round(self.wall_time(), 3), last_eval_return=self.last_eval)
-        runlog.write_meta(self.run_dir, self.meta)
+        self.rundir.write_meta(self.meta)
 
     def load_checkpoint(self) -> int:
-        ckdir = self.run_dir / CKPT_DIR
-        state = checkpoint.load(ckdir / STATE_FILE)
+        ckdir = self.rundir.checkpoint_dir
+        state = checkpoint.load(self.rundir.state_file)
         self.agent.load_state_dict(state["agent"])
         for name, buf in self.agent.storage().items():
             buf.load_blocks(ckdir, state["storage"][name])
@@ -226,16 +204,16 @@ class Trainer:
         self.metric_counts: dict = {}
         self.time_before, self.t_start, self.last_eval = 0.0, time.monotonic(), None
 
-        modes = ("evaluate", *self.agent_cls.extra_eval_modes)
+        modes = (Mode.EVALUATE, *self.agent_cls.extra_eval_modes)
         eval_cols = ["step", "return_mean", "return_std", "episodes"]
         for m in modes[1:]:
             eval_cols += [f"return_mean_{m}", f"return_std_{m}"]
-        self.eval_log = runlog.CsvLog(self.run_dir / "eval.csv", eval_cols + ["wall_time_s"])
-        self.train_log = runlog.CsvLog(self.run_dir / "train.csv",
+        self.eval_log = runlog.CsvLog(self.rundir.log("eval.csv"), eval_cols + ["wall_time_s"])
+        self.train_log = runlog.CsvLog(self.rundir.log("train.csv"),
                                        ["step", "episode_return", "episode_length", *self.agent_cls.metrics])
         self.logs = [self.eval_log, self.train_log]
         if s.record_actions_every:
-            self.actions_log = runlog.CsvLog(self.run_dir / "actions.csv",
+            self.actions_log = runlog.CsvLog(self.rundir.log("actions.csv"),
                                              ["step", "sample", *[f"a{i}" for i in range(self.pool.act_dim)]])
             self.logs.append(self.actions_log)
 
@@ -245,7 +223,7 @@ class Trainer:
         if old_meta and old_meta.get("code_hash") != self.code:  # --accept-code-change: say which code ran when
             code_history.append({"code_hash": old_meta.get("code_hash"), "git_commit": old_meta.get("git_commit"),
                                  "until_step": old_meta.get("step")})
-        if (self.run_dir / CKPT_DIR / STATE_FILE).exists():
+        if self.rundir.state_file.exists():
             step = self.load_checkpoint()
             resumes.append(step)
             print(f"qvpo: resuming {self.run_dir} from step {step}", file=sys.stderr)
@@ -261,8 +239,8 @@ class Trainer:
                      "threads": torch.get_num_threads(), "status": "running",
                      "steps": req.steps, "step": step, "resumed_from_step": resumes, "code_history": code_history,
                      "wall_time_s": round(self.time_before, 3), "last_eval_return": self.last_eval}
-        runlog.write_config(self.run_dir, req.algo, req.env_id, req.seed, self.settings_dict)
-        runlog.write_meta(self.run_dir, self.meta)
+        self.rundir.write_config(req.algo, req.env_id, req.seed, self.settings_dict)
+        self.rundir.write_meta(self.meta)
 
         progress = Progress(req.steps, step, self.run_dir, req.progress)
         old_handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGUSR1)}
@@ -275,17 +253,17 @@ class Trainer:
             self._loop(step, modes, progress)
         except Diverged as e:
             self.meta.update(status="diverged", diverged=str(e))
-            runlog.write_meta(self.run_dir, self.meta)
+            self.rundir.write_meta(self.meta)
             raise RunStopped(f"run diverged: {e}; the last good checkpoint (step {self.meta['step']}) is kept") from None
         except RunStopped:
             try:
-                runlog.write_meta(self.run_dir, self.meta)
+                self.rundir.write_meta(self.meta)
             except OSError:
                 pass  # the disk that refused the checkpoint may refuse this too; meta.json stays as it was
             raise
         except Interrupted as e:
             self.meta.update(status="interrupted")
-            runlog.write_meta(self.run_dir, self.meta)
+            self.rundir.write_meta(self.meta)
             print(f"qvpo: {e.reason}; checkpoint at step {self.meta['step']}, "
                   "rerun the same command to resume", file=sys.stderr)
             return e.exit_code
@@ -297,7 +275,7 @@ class Trainer:
                 log.close()
             self.pool.close()
         self.meta.update(status="complete" if req.stop_at is None else "stopped")
-        runlog.write_meta(self.run_dir, self.meta)
+        self.rundir.write_meta(self.meta)
         return 0
 
     def _on_signal(self, signum, frame) -> None:
@@ -306,13 +284,13 @@ class Trainer:
     def _loop(self, step: int, modes: tuple[str, ...], progress: "Progress") -> None:
         req, s, agent = self.req, self.settings, self.agent
         n = len(self.pool.envs)
-        warmup = getattr(s, "warmup_steps", 0) if agent.uses_warmup else 0
+        warmup = self.agent_cls.warmup(s)
         while step < (req.stop_at or req.steps):
             prev = step
             if step < warmup:
                 action = uniform_actions(self.action_rng, n, self.pool.act_dim)
             else:
-                action = agent.act(to_obs(self.pool.obs, self.device), "explore").cpu().numpy()
+                action = agent.act(to_obs(self.pool.obs, self.device), Mode.EXPLORE).cpu().numpy()
             tr = self.pool.step(action)
             step += n
             agent.observe(tr)
@@ -373,7 +351,7 @@ class Trainer:
         for m in modes:
             returns = evaluate(self.agent, self.req.env_id, self.settings.eval_episodes,
                                TRAIN_EVAL_SEED + 1000 * self.req.seed, m)
-            suffix = "" if m == "evaluate" else f"_{m}"
+            suffix = "" if m == Mode.EVALUATE else f"_{m}"
             row[f"return_mean{suffix}"] = float(returns.mean())
             row[f"return_std{suffix}"] = float(returns.std())
         if not math.isfinite(row["return_mean"]):
@@ -386,7 +364,7 @@ class Trainer:
     def _record_actions(self, step: int) -> None:
         k = self.settings.record_actions_n
         obs = to_obs(self.pool.obs[:1], self.device).expand(k, -1)
-        actions = self.agent.act(obs, "policy").cpu().numpy()
+        actions = self.agent.act(obs, Mode.POLICY).cpu().numpy()
         for j, a in enumerate(actions):
             self.actions_log.write({"step": step, "sample": j, **{f"a{i}": float(x) for i, x in enumerate(a)}})
 
@@ -399,65 +377,3 @@ def _listed(names: list[str], most: int = 8) -> str:
 def crossed(prev: int, now: int, every: int) -> bool:
     """True when a multiple of `every` lies in (prev, now]."""
     return now // every > prev // every
-
-
-class Progress:
-    """A tqdm bar on a terminal; otherwise a plain log line every ~30 s."""
-
-    def __init__(self, total: int, start: int, run_dir: Path, force: bool | None):
-        self.tty = sys.stderr.isatty() if force is None else force
-        self.total, self.run_dir = total, run_dir
-        self.t0, self.s0, self.last_line = time.monotonic(), start, 0.0
-        self.bar = None
-        if self.tty:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, desc=run_dir.name)
-
-    def update(self, step: int, last_eval: float | None) -> None:
-        if self.bar is not None:
-            self.bar.n = step
-            if last_eval is not None:
-                self.bar.set_postfix_str(f"eval {last_eval:.1f}", refresh=False)
-            self.bar.refresh() if step % 100 == 0 else None
-            return
-        now = time.monotonic()
-        if now - self.last_line >= 30 or step >= self.total:
-            rate = (step - self.s0) / max(now - self.t0, 1e-9)
-            ev = "n/a" if last_eval is None else f"{last_eval:.1f}"
-            print(f"qvpo: {self.run_dir} step {step}/{self.total} ({rate:.0f} steps/s) last eval {ev}",
-                  file=sys.stderr, flush=True)
-            self.last_line = now
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def evaluate_run(run_dir: Path, episodes: int, device: str) -> dict:
-    """Evaluate a run directory's saved policy on fresh start states."""
-    import yaml
-
-    if episodes <= 0:
-        raise UserError(f"--episodes must be positive, got {episodes}")
-    meta = runlog.read_meta(run_dir)
-    if meta is None:
-        raise UserError(f"{run_dir} is not a qvpo run directory (no readable meta.json)")
-    try:
-        config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError):
-        raise UserError(f"{run_dir}/config.yaml is missing or unreadable") from None
-    agent_cls = algos.get(config["algo"])
-    settings = resolve(agent_cls.Settings, config["settings"])
-    dev = pick_device(device)
-    state = checkpoint.load(run_dir / CKPT_DIR / STATE_FILE)
-    pool = EnvPool(config["env"], 1, 0)
-    seed_everything(config["seed"])
-    agent = agent_cls(pool.obs_dim, pool.act_dim, settings, dev, meta["steps"], config["seed"])
-    pool.close()
-    agent.load_state_dict(state["agent"])
-    returns = evaluate(agent, config["env"], episodes, FINAL_EVAL_SEED + 1000 * config["seed"], "evaluate")
-    return {"algo": config["algo"], "env": config["env"], "seed": config["seed"], "step": int(state["step"]),
-            "status": meta.get("status"), "episodes": episodes, "return_mean": float(returns.mean()),
-            "return_std": float(returns.std()), "returns": [float(r) for r in returns],
-            "wall_time_s": meta.get("wall_time_s")}

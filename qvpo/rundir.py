@@ -1,8 +1,16 @@
-"""A run directory as the pipeline sees it: `qvpo status RUN_DIR`.
+"""A run directory, read and written through one type: the loop, `qvpo evaluate`, `qvpo verify` and `qvpo status`.
 
-The rules ask it whether `qvpo train` may resume a run directory (same identity, no
-further than the steps asked for) or must replace it; they never read meta.json
-themselves. The layout is qvpo.runlog's.
+    config.yaml    algo, env, seed and the resolved settings (tracked)
+    eval.csv       one row per evaluation (tracked)
+    train.csv      one row per training episode, with mean losses since the last row (tracked)
+    actions.csv    recorded policy samples, when asked for (tracked)
+    meta.json      identity, code hash and definitions, versions, device, machine, threads, status,
+                   resumes (tracked)
+    checkpoint/    everything needed to continue exactly (never tracked)
+    done-*.json, final-*.json   the pipeline's markers (tracked)
+
+The rules ask `qvpo status` whether `qvpo train` may resume a run directory (same identity, no
+further than the steps asked for) or must replace it; they never read meta.json themselves.
 """
 from __future__ import annotations
 
@@ -10,7 +18,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from qvpo.runlog import read_meta
+import yaml
+
+from qvpo.errors import UserError
+from qvpo.runlog import read_meta, write_config, write_meta
+
+CHECKPOINT_DIR = "checkpoint"
+STATE_FILE = "state.pt"
 
 
 @dataclass(frozen=True)
@@ -21,6 +35,37 @@ class RunDir:
     def meta(self) -> dict | None:
         """meta.json, or None when it is missing or unreadable."""
         return read_meta(self.path)
+
+    def read(self) -> tuple[dict, dict]:
+        """(meta.json, config.yaml) of a run, or a UserError saying which is missing or unreadable."""
+        meta = self.meta
+        if meta is None:
+            raise UserError(f"{self.path} is not a qvpo run directory (no readable meta.json)")
+        try:
+            config = yaml.safe_load((self.path / "config.yaml").read_text())
+            config["settings"]
+        except (OSError, yaml.YAMLError, KeyError, TypeError):
+            raise UserError(f"{self.path}/config.yaml is missing or unreadable") from None
+        return meta, config
+
+    def write_meta(self, meta: dict) -> None:
+        write_meta(self.path, meta)
+
+    def write_config(self, algo: str, env_id: str, seed: int, settings: dict) -> None:
+        write_config(self.path, algo, env_id, seed, settings)
+
+    def log(self, name: str) -> Path:
+        """One of the run's CSV logs: eval.csv, train.csv, actions.csv."""
+        return self.path / name
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.path / CHECKPOINT_DIR
+
+    @property
+    def state_file(self) -> Path:
+        """The checkpoint's state (step, agent, env pool, RNGs, logs' progress)."""
+        return self.checkpoint_dir / STATE_FILE
 
     def summary(self) -> dict:
         meta = self.meta or {}

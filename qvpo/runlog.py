@@ -1,12 +1,5 @@
-"""The run directory: resolved config, CSV logs, meta.json, identity and code hash.
-
-    RUN_DIR/config.yaml    resolved settings (tracked)
-    RUN_DIR/eval.csv       one row per evaluation (tracked)
-    RUN_DIR/train.csv      one row per training episode, with mean losses since the last row (tracked)
-    RUN_DIR/actions.csv    recorded policy samples, when asked for (tracked)
-    RUN_DIR/meta.json      identity, code hash and definitions, versions, device, machine, threads, status,
-                           resumes (tracked)
-    RUN_DIR/checkpoint/    everything needed to continue exactly (never tracked)
+"""What a run records and how: the resolved config, the CSV logs, meta.json (identity, code hash, machine),
+and the progress of a long run on stderr. The run directory's layout is qvpo.rundir's.
 """
 from __future__ import annotations
 
@@ -15,6 +8,8 @@ import hashlib
 import json
 import platform
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -180,3 +175,36 @@ def _fmt(v):
     if isinstance(v, float):
         return repr(v)
     return v
+
+
+class Progress:
+    """A tqdm bar on a terminal; otherwise a plain log line every ~30 s."""
+
+    def __init__(self, total: int, start: int, run_dir: Path, force: bool | None):
+        self.tty = sys.stderr.isatty() if force is None else force
+        self.total, self.run_dir = total, run_dir
+        self.t0, self.s0, self.last_line = time.monotonic(), start, 0.0
+        self.bar = None
+        if self.tty:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, desc=run_dir.name)
+
+    def update(self, step: int, last_eval: float | None) -> None:
+        if self.bar is not None:
+            self.bar.n = step
+            if last_eval is not None:
+                self.bar.set_postfix_str(f"eval {last_eval:.1f}", refresh=False)
+            self.bar.refresh() if step % 100 == 0 else None
+            return
+        now = time.monotonic()
+        if now - self.last_line >= 30 or step >= self.total:
+            rate = (step - self.s0) / max(now - self.t0, 1e-9)
+            ev = "n/a" if last_eval is None else f"{last_eval:.1f}"
+            print(f"qvpo: {self.run_dir} step {step}/{self.total} ({rate:.0f} steps/s) last eval {ev}",
+                  file=sys.stderr, flush=True)
+            self.last_line = now
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -45,10 +45,19 @@ class OffPolicySettings(CommonSettings):
     """Discount factor."""
 
 
+def widths(*sizes: int) -> list[int]:
+    """The default of a hidden-layer widths setting (`hidden: list[int] = widths(256, 256)`): a list each
+    settings instance owns (a dataclass field's default_factory)."""
+    return field(default_factory=lambda: list(sizes))
+
+
 NOT_IDENTITY = {"checkpoint_every"}
 """Settings that change neither what is learned nor what is recorded."""
 
-SETTING_ALIASES: dict[str, str] = {}
+SETTING_ALIASES: dict[str, str] = {
+    "policy_lr": "actor_lr",  # SAC's CleanRL names, one vocabulary with the other algorithms
+    "q_lr": "critic_lr",
+}
 """Renamed settings, old name -> new name: configs, `--set` and committed runs' config.yaml written
 with the old name keep loading (a rename is adopted by `qvpo verify`, see README "Run identity")."""
 

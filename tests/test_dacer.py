@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from qvpo.algos.dacer import (DACER, DACER_ENV_SETTINGS, DACERSettings, denoise_chain, dsac_critic_loss,
-                              env_settings, gmm_entropy, noisy_action, running_mean_std, td_targets)
+                              gmm_entropy, noisy_action, running_mean_std, td_targets)
 from qvpo.diffusion import DiffusionSchedule, discrete_vp_beta_schedule, temperature_loss
 from qvpo.settings import resolve
 
@@ -249,9 +249,9 @@ def test_act_adds_scaled_noise_when_exploring_and_none_when_evaluating():
 
 
 def test_env_settings_and_validation():
-    assert env_settings("Humanoid-v5") == {"noise_scale": 0.15, "warmup_steps": 200_000}
-    assert env_settings("HalfCheetah-v5") == DACER_ENV_SETTINGS["HalfCheetah"]
-    assert env_settings("Hopper-v5") == {"noise_scale": 0.1, "warmup_steps": 30_000}
+    assert DACER.env_settings("Humanoid-v5") == {"noise_scale": 0.15, "warmup_steps": 200_000}
+    assert DACER.env_settings("HalfCheetah-v5") == DACER_ENV_SETTINGS["HalfCheetah"]
+    assert DACER.env_settings("Hopper-v5") == {"noise_scale": 0.1, "warmup_steps": 30_000}
     c = DACERSettings()
     assert (c.diffusion_steps, c.actor_lr, c.critic_lr, c.alpha_lr, c.reward_scale) == (20, 1e-4, 1e-4, 3e-2, 0.2)
     assert c.log_alpha_init == pytest.approx(math.log(3)) and c.hidden == [256, 256, 256]

@@ -281,3 +281,47 @@ def test_loss_backward_on_real_model():
     loss = weighted_eps_loss(model, sch, a, s, torch.rand(32, device=DEVICE), generator=gen(0))
     loss.backward()
     assert torch.isfinite(loss) and model.layer[0].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("algo", ["qvpo", "dipo", "sdac", "dpmd"])
+def test_the_plain_networks_cuda_runs_learn_as_the_fast_path_does(algo, monkeypatch):
+    """On CUDA the diffusion algorithms run the plain networks (fastpath.on_fast_path); here, on the CPU, an agent
+    switched to them (never touching a factored network) makes the same three updates and actions as the factored
+    fast path, within float rounding."""
+    from qvpo.fastpath import ChunkedMishMLP
+
+    from conftest import TINY
+    from qvpo import algos
+    from qvpo.agent import Mode
+    from qvpo.bench.breakdown import random_batch
+    from qvpo.fastpath import on_fast_path
+    from qvpo.settings import parse_assignment, resolve
+
+    assert on_fast_path(torch.device("cpu")) and not on_fast_path(torch.device("cuda"))
+    cls = algos.get(algo)
+    settings = resolve(cls.Settings, dict(parse_assignment(s) for s in TINY[algo][1]))
+    rows = {k: v.numpy() for k, v in random_batch(11, 3, 64, torch.Generator().manual_seed(1)).items()}
+    agents = {}
+    for factored in (True, False):
+        if not factored:
+            def factored_network(*args, **kwargs):
+                raise AssertionError("the plain path ran a factored network")
+            monkeypatch.setattr(ChunkedMishMLP, "__call__", factored_network)
+            monkeypatch.setattr(NoisePredictor, "forward_factored", factored_network)
+        torch.manual_seed(4)
+        agent = cls(11, 3, settings, torch.device("cpu"), 1000, 0)
+        assert agent.factored
+        agent.factored = factored
+        agent.replay.add(**rows, **{name: rows[source] for name, source in cls.replay_columns.items()})
+        for step in range(settings.warmup_steps + 1, settings.warmup_steps + 4):
+            assert agent.update(step)
+        agents[factored] = (agent, agent.act(torch.as_tensor(rows["obs"][:8]), Mode.EVALUATE))
+    (fast, fast_action), (plain, plain_action) = agents[True], agents[False]
+    for name, value in fast.state_dict().items():
+        if isinstance(value, torch.Tensor):
+            torch.testing.assert_close(value, plain.state_dict()[name], atol=1e-4, rtol=0, msg=name)
+    for (name, p), q in zip(fast.actor.named_parameters(), plain.actor.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-4, rtol=0, msg=name)
+    for p, q in zip(fast.critic.parameters(), plain.critic.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-4, rtol=0)
+    torch.testing.assert_close(fast_action, plain_action, atol=1e-3, rtol=0)

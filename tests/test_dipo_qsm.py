@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from qvpo.algos.dipo import DIPO, DIPO_ENV_SETTINGS, DIPOSettings, env_settings, improve_actions
+from qvpo.algos.dipo import DIPO, DIPO_ENV_SETTINGS, DIPOSettings, improve_actions
 from qvpo.algos.qsm import (QSM, FourierFeatures, QSMSettings, cosine_decay_lr, q_score_target, vp_beta_schedule,
                             vp_sample, vp_step)
 from qvpo.diffusion import DiffusionSchedule
@@ -101,7 +101,7 @@ def test_dipo_writes_improved_actions_back_into_the_replay_column(write_back):
     before = {k: agent.replay.data[k][:6].copy() for k in ("action", "memory_action")}
     assert np.array_equal(before["action"], before["memory_action"])   # the memory starts as the executed actions
     agent.n_updates = 1
-    agent.train_step(batch)
+    agent.train_step(batch, 1)
     replay_rng = np.random.default_rng()
     replay_rng.bit_generator.state = rng_state
     idx = replay_rng.integers(0, 6, size=4)                           # the memory's own draw of rows
@@ -119,9 +119,9 @@ def test_dipo_writes_improved_actions_back_into_the_replay_column(write_back):
 
 
 def test_dipo_env_table_is_the_readme_and_resolves_as_settings():
-    assert env_settings("HalfCheetah-v5") == {"grad_clip": 2.0, "action_grad_ratio": 0.08,
+    assert DIPO.env_settings("HalfCheetah-v5") == {"grad_clip": 2.0, "action_grad_ratio": 0.08,
                                               "action_gradient_steps": 40, "actor_target_every": 2}
-    assert env_settings("Hopper-v5")["action_grad_ratio"] == 0.3 and env_settings("InvertedPendulum-v5") == {}
+    assert DIPO.env_settings("Hopper-v5")["action_grad_ratio"] == 0.3 and DIPO.env_settings("InvertedPendulum-v5") == {}
     for overrides in DIPO_ENV_SETTINGS.values():
         assert all(getattr(resolve(DIPOSettings, overrides), k) == v for k, v in overrides.items())
 

@@ -148,7 +148,7 @@ CHANGES_OF_COMPUTATION = {
     "PPO's GAE": ("algos/ppo.py", "delta = r[t] + gamma * next_values * nonterminal - v[t]",
                   "delta = r[t] + gamma * next_values * nonterminal - 0.5 * v[t]", {"ppo", "spo"}),
     "a default of QVPO's settings": ("algos/qvpo.py", "    nd: int = 64", "    nd: int = 32", {"qvpo"}),
-    "the evaluation routine": ("loop.py", "returns += np.where(running, tr.reward, 0.0)",
+    "the evaluation routine": ("evaluation.py", "returns += np.where(running, tr.reward, 0.0)",
                                "returns += np.where(running, 2 * tr.reward, 0.0)", set(ALGOS)),
     "the checkpoint-resume path": ("loop.py", 'self.last_eval = state["last_eval"]',
                                    'self.last_eval = state.get("last_eval")', set(ALGOS)),

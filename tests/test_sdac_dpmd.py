@@ -12,9 +12,8 @@ from torch import nn
 from conftest import read_csv, run_cli, tiny_args
 from qvpo.algos.dpmd import DPMD, DPMDSettings, dpmd_weights, running_update
 from qvpo.algos.sdac import (SDAC, SDACNoiseNet, SDACSettings, alpha_loss, gaussian_entropy,
-                             linear_decay_lr, reverse_sampling_loss, reverse_sampling_weights, reverse_sampling_x0,
-                             sdac_sample)
-from qvpo.diffusion import DiffusionSchedule, ScaledSinusoidalEmb, linear_beta_schedule, weighted_eps_loss
+                             linear_decay_lr, reverse_sampling_loss, reverse_sampling_weights, reverse_sampling_x0)
+from qvpo.diffusion import DiffusionSchedule, ScaledSinusoidalEmb, ddpm_sample, linear_beta_schedule, weighted_eps_loss
 from qvpo.envs import Transition
 from qvpo.errors import UserError
 from qvpo.settings import resolve
@@ -71,7 +70,8 @@ def test_noise_net_factored_form_equals_the_plain_one():
     assert torch.allclose(net.forward_factored(a, t, s, T=4), net(a, t, s), atol=1e-5)
 
 
-def test_sampler_starts_from_half_a_standard_normal_candidate_major():
+@pytest.mark.parametrize("factored", [True, False])
+def test_sampler_starts_from_half_a_standard_normal_candidate_major(factored):
     # T = 1, beta 0.36 and a net that predicts eps = 0: x_0 = clip(x_T / sqrt(abar)) = clip(x_T / 0.8),
     # and at t = 0 coef1 = 1, coef2 = 0, so the sample is clip(0.5 z / 0.8) = clip(0.625 z), z the first draw.
     net = SDACNoiseNet(2, 3, hidden=8, t_dim=4, time_hidden=4)
@@ -80,7 +80,7 @@ def test_sampler_starts_from_half_a_standard_normal_candidate_major():
         net.layer[-1].bias.zero_()
     s = torch.randn(4, 2)
     torch.manual_seed(3)
-    out = sdac_sample(net, SCHEDULE, s, n_candidates=5, init_scale=0.5)
+    out = ddpm_sample(net, SCHEDULE, s, n_candidates=5, init_scale=0.5, factored=factored)
     torch.manual_seed(3)
     z = torch.randn(5 * 4, 3)
     expected = (0.625 * z).clamp(-1, 1).view(5, 4, 3).transpose(0, 1)   # rows candidate-major
@@ -211,7 +211,7 @@ def test_best_of_n_picks_the_largest_min_q_and_adds_alpha_noise():
 
 def test_updates_come_every_update_every_steps_after_warmup():
     agent = tiny(SDAC, warmup_steps=100, update_every=5)
-    agent.train_step = lambda batch: {"q_loss": 1.0}
+    agent.train_step = lambda batch, step: {"q_loss": 1.0}
     assert [bool(agent.update(step)) for step in range(99, 112)] == \
         [False] * 6 + [True] + [False] * 4 + [True] + [False]    # steps 105 and 110
     assert agent.n_updates == 2

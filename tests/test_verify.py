@@ -172,6 +172,57 @@ def test_verify_against_a_reference_fails_after_a_change_of_computation(sac_run,
     assert out.returncode == 1 and "eval.csv line 2 (step 200) differs first: return_mean is 12345.0" in out.stderr
 
 
+def of_no_recorded_kind(run: Path) -> Path:
+    """The run as runs made before meta.json recorded the machine kind."""
+    m = meta(run)
+    del m["machine"]
+    (run / "meta.json").write_text(json.dumps(m))
+    return run
+
+
+def test_a_run_of_no_recorded_kind_is_compared_with_its_own_logs_first(sac_run, tmp_path):
+    renamed = changed_copy(tmp_path, "temperature_loss", "temperature_objective", file="")
+    wrong = changed_copy(tmp_path / "wrong", "temperature_loss", "temperature_function", file="")
+    # its own logs are equal here: adopted without re-running the reference (a wrong one would be refused)
+    run = of_no_recorded_kind(fresh(sac_run, tmp_path / "equal"))
+    out = qvpo(["verify", str(run), "--updates", "200", "--record", str(tmp_path / "a.csv"),
+                "--reference", str(wrong.parent)], renamed)
+    assert out.returncode == 0 and "adopted" in out.stdout, out.stderr
+    (row,) = csv.DictReader(open(tmp_path / "a.csv"))
+    assert row["how"].startswith("qvpo verify: logs equal up to step 400")
+    # its own logs differ (another kind made it): the reference decides, and only the code that made it passes
+    run = of_no_recorded_kind(with_changed_log(fresh(sac_run, tmp_path / "differ")))
+    out = qvpo(["verify", str(run), "--updates", "200", "--reference", str(wrong.parent)], renamed)
+    assert out.returncode == 2 and "did not make" in out.stderr, out.stderr
+    out = qvpo(["verify", str(run), "--updates", "200", "--record", str(tmp_path / "b.csv"),
+                "--reference", str(PACKAGE.parent)], renamed)
+    assert out.returncode == 0 and "adopted" in out.stdout, out.stderr
+    (row,) = csv.DictReader(open(tmp_path / "b.csv"))
+    assert row["how"].startswith(f"qvpo verify --reference {PACKAGE.parent}: its code and this code log equal")
+
+
+def test_the_reference_cache_keeps_a_reference_rerun_for_a_later_verify(sac_run, tmp_path):
+    renamed = changed_copy(tmp_path, "temperature_loss", "temperature_objective", file="")
+    cache = tmp_path / "cache"
+    args = ["--updates", "200", "--reference", str(PACKAGE.parent), "--reference-cache", str(cache)]
+    run = from_another_kind(sac_run, tmp_path / "first")
+    out = qvpo(["verify", str(run), "--record", str(tmp_path / "a.csv"), *args], renamed)
+    assert out.returncode == 0, out.stderr
+    (info,) = cache.rglob("info.json")
+    kept = info.parent
+    assert json.loads(info.read_text())["stop"] == 400 and not (kept / "checkpoint").exists()
+    # the kept re-run is what a later verify of the same run compares with: altered, it fails
+    with_changed_log(kept)
+    shutil.rmtree(tmp_path / "first")
+    again = from_another_kind(sac_run, tmp_path / "first")
+    out = qvpo(["verify", str(again), "--record", str(tmp_path / "b.csv"), *args], renamed)
+    assert out.returncode == 1 and "return_mean is 12345.0 in the run" in out.stderr, out.stderr
+    # a kept re-run for another stop is re-run, not reused
+    info.write_text(info.read_text().replace('"stop": 400', '"stop": 600'))
+    out = qvpo(["verify", str(again), "--record", str(tmp_path / "b.csv"), *args], renamed)
+    assert out.returncode == 0 and "adopted" in out.stdout, out.stderr
+
+
 def test_verify_refuses_a_reference_that_did_not_make_the_run(sac_run, tmp_path):
     run = from_another_kind(sac_run, tmp_path)
     other = changed_copy(tmp_path, "temperature_loss", "temperature_objective", file="")

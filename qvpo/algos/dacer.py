@@ -10,7 +10,7 @@ temperature alpha that scales Gaussian noise added to the chain's output.
 
 The authors' update (`stateless_update`) is a pure function of the state before it: every loss
 below is evaluated with the networks and alpha as they were when the update began, and all
-steps are applied at its end. `step` is the authors' 0-based update count (n_updates - 1).
+steps are applied at its end. `update` is the authors' 0-based update count `step` (n_updates - 1).
 One update, read top to bottom in `train_step`:
 1. rewards are scaled by `reward_scale`;
 2. critic targets: a' = the current policy's noisy action at s' (no target actor); each target
@@ -51,12 +51,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qvpo.agent import OffPolicyAgent
+from qvpo.agent import Mode, OffPolicyAgent
 from qvpo.diffusion import (DiffusionSchedule, ScaledSinusoidalEmb, discrete_vp_beta_schedule, init_haiku,
                              temperature_loss)
 from qvpo.errors import UserError
 from qvpo.nets import gradient_step, mlp, soft_update
-from qvpo.settings import OffPolicySettings, require_positive
+from qvpo.settings import OffPolicySettings, require_positive, widths
 
 DACER_ENV_SETTINGS: dict[str, dict[str, object]] = {
     "Humanoid": {"noise_scale": 0.15, "warmup_steps": 200_000},
@@ -67,11 +67,6 @@ DACER_ENV_SETTINGS: dict[str, dict[str, object]] = {
 relax/network/dacer.py (noise 0.1) and scripts/train_mujoco.py (start_step 3e4), DACER_OTHER_ENVS."""
 DACER_OTHER_ENVS: dict[str, object] = {"noise_scale": 0.1, "warmup_steps": 30_000}
 """The "# other envs" values of the authors' code, for every env not in DACER_ENV_SETTINGS."""
-
-
-def env_settings(env_id: str) -> dict[str, object]:
-    """The authors' settings for an env id such as "Hopper-v5": their table, else their "other envs" values."""
-    return dict(DACER_ENV_SETTINGS.get(env_id.split("-v")[0], DACER_OTHER_ENVS))
 
 
 @dataclass
@@ -93,12 +88,12 @@ class DACERSettings(OffPolicySettings):
     """Lower end of the VP schedule (authors' relax/utils/diffusion.py vp_beta_schedule b_min)."""
     beta_max: float = 10.0
     """Upper end of the VP schedule (authors' relax/utils/diffusion.py vp_beta_schedule b_max)."""
-    hidden: list[int] = (256, 256, 256)
+    hidden: list[int] = widths(256, 256, 256)
     """Noise-net hidden widths, Mish (authors' scripts/train_mujoco.py diffusion_hidden_dim x hidden_num)."""
     time_dim: int = 16
     """Width of the scaled sinusoidal time embedding; its MLP is time_dim -> 2 time_dim -> time_dim
     (authors' relax/network/blocks.py DACERPolicyNet time_dim)."""
-    critic_hidden: list[int] = (256, 256, 256)
+    critic_hidden: list[int] = widths(256, 256, 256)
     """Distributional twin critics' hidden widths, Mish (authors' scripts/train_mujoco.py hidden_dim x hidden_num)."""
     actor_lr: float = 1e-4
     """Policy learning rate, Adam (authors' scripts/train_mujoco.py lr, one optax.adam for all networks)."""
@@ -132,10 +127,6 @@ class DACERSettings(OffPolicySettings):
     """The sampled target is bounded to the critic's mean +- this x the running mean std (authors' q_loss_fn)."""
     critic_epsilon: float = 0.1
     """epsilon of the DSAC-T critic loss (authors' relax/algorithm/dacer.py q_loss_fn)."""
-
-    def __post_init__(self):
-        self.hidden = list(self.hidden)
-        self.critic_hidden = list(self.critic_hidden)
 
     def validate(self) -> None:
         require_positive(self, "diffusion_steps", "actor_every", "alpha_every", "gmm_components", "batch_size")
@@ -282,6 +273,11 @@ class DACER(OffPolicyAgent):
     Settings = DACERSettings
     metrics = ("q_loss", "actor_loss", "alpha", "entropy", "q_mean", "q_std")
 
+    @staticmethod
+    def env_settings(env_id: str) -> dict[str, object]:
+        """The authors' settings for an env id such as "Hopper-v5": their table, else their "other envs" values."""
+        return dict(DACER_ENV_SETTINGS.get(env_id.split("-v")[0], DACER_OTHER_ENVS))
+
     def __init__(self, obs_dim, act_dim, settings: DACERSettings, device, total_steps, seed):
         super().__init__(obs_dim, act_dim, settings, device, total_steps, seed)
         c = settings
@@ -307,7 +303,7 @@ class DACER(OffPolicyAgent):
     @torch.no_grad()
     def act(self, obs: torch.Tensor, mode: str) -> torch.Tensor:
         # "policy" (figure 2) draws from the noisy policy whose entropy the mixture estimates
-        return self.sample(obs, mode != "evaluate")
+        return self.sample(obs, mode != Mode.EVALUATE)
 
     @torch.no_grad()
     def estimate_entropy(self, states: torch.Tensor) -> float:
@@ -316,9 +312,9 @@ class DACER(OffPolicyAgent):
         actions = self.sample(states.repeat(n, 1), noise=True).view(n, states.shape[0], -1).transpose(0, 1)
         return gmm_entropy(actions.float().cpu().numpy(), self.cfg.gmm_components)
 
-    def train_step(self, b: dict[str, torch.Tensor]) -> dict[str, float]:
+    def train_step(self, b: dict[str, torch.Tensor], step: int) -> dict[str, float]:
         c = self.cfg
-        step = self.n_updates - 1  # the authors count updates from 0
+        update = self.n_updates - 1  # the authors' `step` counts updates from 0
         reward = b["reward"] * c.reward_scale
 
         # 1-2. targets from the current policy's noisy a' and the target critics
@@ -338,13 +334,13 @@ class DACER(OffPolicyAgent):
         q_loss.backward()
 
         # 4. entropy of the policy before this update, every alpha_every updates
-        refit = step % c.alpha_every == 0
+        refit = update % c.alpha_every == 0
         if refit:
             self.entropy = self.estimate_entropy(b["obs"])
 
         # 5. actor through the whole chain, every actor_every updates
         metrics = {}
-        if step % c.actor_every == 0:
+        if update % c.actor_every == 0:
             self.critic.requires_grad_(False)  # its gradients are the critic loss's, kept for its step
             actor_loss = -self.critic.min_q(b["obs"], self.sample(b["obs"], noise=True)).mean()
             self.critic.requires_grad_(True)
@@ -358,7 +354,7 @@ class DACER(OffPolicyAgent):
                           [self.log_alpha])
 
         # 7. target critics with the actor
-        if step % c.actor_every == 0:
+        if update % c.actor_every == 0:
             soft_update(self.critic_target, self.critic, c.tau)
         (m1, s1), (m2, s2) = heads
         metrics.update(q_loss=q_loss.detach(), alpha=self.log_alpha.detach().exp()[0], entropy=self.entropy,

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
+from qvpo.agent import Mode
 from qvpo.diffusion import NoisePredictor, NoisePredictorAgent, NoisePredictorSettings, ddpm_sample, weighted_eps_loss
 from qvpo.errors import UserError
 from qvpo.nets import gradient_step, soft_update, twin_q_step
@@ -43,12 +44,7 @@ DIPO_ENV_SETTINGS: dict[str, dict[str, object]] = {
 }
 """Per-environment settings, the authors' README table "Hyper-parameters for MuJoCo (DIPO)"
 (their v3 envs; action lr 0.03, T = 100 and the cosine schedule are the same for all five).
-The agent never sees the env id: the pipeline passes these with --set (see `env_settings`)."""
-
-
-def env_settings(env_id: str) -> dict[str, object]:
-    """The README's settings for an env id such as "Hopper-v5"; {} for an env the table lacks."""
-    return dict(DIPO_ENV_SETTINGS.get(env_id.split("-v")[0], {}))
+The agent never sees the env id: the pipeline passes these with --set (see `DIPO.env_settings`)."""
 
 
 @dataclass
@@ -104,17 +100,19 @@ class DIPO(NoisePredictorAgent):
     metrics = ("q_loss", "actor_loss", "q_mean", "action_shift")
     replay_columns = {"memory_action": "action"}
 
-    def __init__(self, obs_dim, act_dim, settings: DIPOSettings, device, total_steps, seed):
-        super().__init__(obs_dim, act_dim, settings, device, total_steps, seed)
+    @staticmethod
+    def env_settings(env_id: str) -> dict[str, object]:
+        """The README's settings for an env id such as "Hopper-v5"; {} for an env the table lacks."""
+        return dict(DIPO_ENV_SETTINGS.get(env_id.split("-v")[0], {}))
 
     def sample(self, actor: NoisePredictor, states: torch.Tensor, noise_ratio: float) -> torch.Tensor:
-        return ddpm_sample(actor, self.schedule, states, 1, noise_ratio=noise_ratio)[:, 0]
+        return ddpm_sample(actor, self.schedule, states, 1, noise_ratio=noise_ratio, factored=self.factored)[:, 0]
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, mode: str) -> torch.Tensor:
-        return self.sample(self.actor, obs, 0.0 if mode == "evaluate" else self.cfg.noise_ratio)
+        return self.sample(self.actor, obs, 0.0 if mode == Mode.EVALUATE else self.cfg.noise_ratio)
 
-    def train_step(self, b: dict[str, torch.Tensor]) -> dict[str, float]:
+    def train_step(self, b: dict[str, torch.Tensor], step: int) -> dict[str, float]:
         c = self.cfg
         done = self.bootstrap_mask(b)
 
@@ -134,7 +132,7 @@ class DIPO(NoisePredictorAgent):
             self.replay.write("memory_action", idx, improved)
 
         # 3. actor: plain DDPM loss on the improved actions
-        actor_loss = weighted_eps_loss(self.actor, self.schedule, improved, states)
+        actor_loss = weighted_eps_loss(self.actor, self.schedule, improved, states, factored=self.factored)
         gradient_step(self.actor_optimizer, actor_loss, self.actor.parameters(), c.grad_clip)
 
         # 4. targets; the authors count updates from 0, so the first one moves the actor target too

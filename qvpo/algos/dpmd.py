@@ -81,7 +81,7 @@ class DPMD(DiffusionACAgent):
     def counters(self) -> dict[str, object]:
         return {**super().counters(), "running_mean": self.running_mean, "running_std": self.running_std}
 
-    def train_step(self, b: dict[str, torch.Tensor]) -> dict[str, float]:
+    def train_step(self, b: dict[str, torch.Tensor], step: int) -> dict[str, float]:
         c = self.cfg
         next_obs = b["next_obs"]
         metrics = {"alpha": self.log_alpha.detach().exp()}
@@ -102,7 +102,8 @@ class DPMD(DiffusionACAgent):
 
         # 4. actor: weighted denoising loss on (s', a')
         if self.policy_due():
-            actor_loss = weighted_eps_loss(self.actor, self.schedule, next_action, next_obs, weights)
+            actor_loss = weighted_eps_loss(self.actor, self.schedule, next_action, next_obs, weights,
+                                           factored=self.factored)
             self.actor_step(actor_loss)
             metrics["actor_loss"] = actor_loss.detach()
 

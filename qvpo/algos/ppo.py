@@ -43,11 +43,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from qvpo.agent import Agent
+from qvpo.agent import Agent, Mode
 from qvpo.envs import Transition
 from qvpo.errors import UserError
 from qvpo.nets import mlp
-from qvpo.settings import CommonSettings, require_positive
+from qvpo.settings import CommonSettings, require_positive, widths
 
 RMS_INITIAL_COUNT = 1e-4
 """The pseudo-count a running mean/std starts from (gymnasium RunningMeanStd epsilon)."""
@@ -95,9 +95,9 @@ class OnPolicySettings(CommonSettings):
     """Global gradient-norm clip (CleanRL max_grad_norm)."""
     target_kl: float = 0.0
     """Stop a learning phase after the epoch whose approx KL exceeds this; 0 never (CleanRL target_kl None)."""
-    actor_hidden: list[int] = (64, 64)
+    actor_hidden: list[int] = widths(64, 64)
     """Hidden widths of the action-mean MLP, tanh (CleanRL)."""
-    critic_hidden: list[int] = (64, 64)
+    critic_hidden: list[int] = widths(64, 64)
     """Hidden widths of the separate value MLP, tanh (CleanRL)."""
     log_std_init: float = 0.0
     """Initial value of the state-independent log-std (CleanRL zeros)."""
@@ -109,10 +109,6 @@ class OnPolicySettings(CommonSettings):
     """Scale rewards by the std of a discounted running return (CleanRL NormalizeReward)."""
     reward_clip: float = 10.0
     """Clip of normalised rewards (CleanRL TransformReward clip +-10)."""
-
-    def __post_init__(self):
-        self.actor_hidden = list(self.actor_hidden)
-        self.critic_hidden = list(self.critic_hidden)
 
     def validate(self) -> None:
         require_positive(self, "num_envs", "num_steps", "num_minibatches", "update_epochs", "learning_rate",
@@ -361,6 +357,10 @@ class OnPolicyAgent(Agent):
     metrics = ("policy_loss", "value_loss", "entropy", "approx_kl", "kl", "clipfrac", "learning_rate")
     """Means over the minibatches of a learning phase; kl is the exact KL(old || new) SPO clips."""
 
+    @classmethod
+    def env_count(cls, settings: OnPolicySettings) -> int:
+        return settings.num_envs
+
     def __init__(self, obs_dim, act_dim, settings: OnPolicySettings, device, total_steps, seed):
         super().__init__(obs_dim, act_dim, settings, device, total_steps, seed)
         c = settings
@@ -376,7 +376,6 @@ class OnPolicyAgent(Agent):
         self.obs_rms = RunningMeanStd((obs_dim,))
         self.reward_norm = RewardNormalizer(c.num_envs)
         self.rollout = Rollout(c.num_steps, c.num_envs, obs_dim, act_dim, device)
-        self.n_updates = 0  # learning phases done (CleanRL's iteration - 1)
         self._acted: tuple[torch.Tensor, ...] | None = None  # the last exploring act()'s tensors, for observe()
 
     def policy_loss(self, adv: torch.Tensor, ratio: torch.Tensor, kl: torch.Tensor,
@@ -401,10 +400,10 @@ class OnPolicyAgent(Agent):
         """
         x = self.normalize_obs(obs)
         mean, std = self.actor(x)
-        if mode == "evaluate":
+        if mode == Mode.EVALUATE:
             return mean
         action = gaussian_sample(mean, std)
-        self._acted = (obs, action, x, mean, std) if mode == "explore" else None
+        self._acted = (obs, action, x, mean, std) if mode == Mode.EXPLORE else None
         return action
 
     def _policy_at(self, tr: Transition) -> tuple[torch.Tensor, ...]:

@@ -34,11 +34,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qvpo.agent import OffPolicyAgent
+from qvpo.agent import Mode, OffPolicyAgent
 from qvpo.diffusion import DiffusionSchedule, q_sample
 from qvpo.errors import UserError
 from qvpo.nets import TwinQ, mlp, soft_update
-from qvpo.settings import OffPolicySettings, require_positive
+from qvpo.settings import OffPolicySettings, require_positive, widths
 
 
 @dataclass
@@ -53,15 +53,15 @@ class QSMSettings(OffPolicySettings):
     """Lower end of the VP schedule (authors' diffusion.py vp_beta_schedule b_min)."""
     beta_max: float = 10.0
     """Upper end of the VP schedule (authors' diffusion.py vp_beta_schedule b_max)."""
-    hidden: list[int] = (512, 512)
+    hidden: list[int] = widths(512, 512)
     """Noise-net hidden widths, Mish (authors' config actor_hidden_dims)."""
     time_dim: int = 64
     """Learnable Fourier features of the step index (authors' learner time_dim)."""
     fourier_std: float = 0.2
     """Std of the Fourier features' initial frequencies (authors' FourierFeatures kernel init)."""
-    time_hidden: list[int] = (128, 128)
+    time_hidden: list[int] = widths(128, 128)
     """The MLP on the Fourier features, Mish, no final activation (authors' learner cond_model_cls)."""
-    critic_hidden: list[int] = (512, 512)
+    critic_hidden: list[int] = widths(512, 512)
     """Twin critics, ReLU (authors' config critic_hidden_dims; jaxrl5 MLP default activation)."""
     m_q: float = 50.0
     """M_q, the scale of the Q-score the noise net matches (authors' config M_q; 120 suggested for harder tasks)."""
@@ -84,11 +84,6 @@ class QSMSettings(OffPolicySettings):
     sampling_actor_tau: float = 1.0
     """EMA rate of the actor copy that samples (acting, TD target); 1 samples from the current actor
     (docs/algorithms.md); the 2023 learner samples from an EMA copy with actor_tau 0.001."""
-
-    def __post_init__(self):
-        self.hidden = list(self.hidden)
-        self.time_hidden = list(self.time_hidden)
-        self.critic_hidden = list(self.critic_hidden)
 
     def validate(self) -> None:
         require_positive(self, "diffusion_steps")
@@ -219,9 +214,9 @@ class QSM(OffPolicyAgent):
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, mode: str) -> torch.Tensor:
-        return self.sample(obs, self.cfg.exploration_noise if mode == "explore" else 0.0)
+        return self.sample(obs, self.cfg.exploration_noise if mode == Mode.EXPLORE else 0.0)
 
-    def train_step(self, b: dict[str, torch.Tensor]) -> dict[str, float]:
+    def train_step(self, b: dict[str, torch.Tensor], step: int) -> dict[str, float]:
         c = self.cfg
         states = b["obs"]
 

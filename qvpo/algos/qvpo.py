@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-from qvpo.diffusion import (NoisePredictor, NoisePredictorAgent, NoisePredictorSettings, ddpm_sample, twin_min_q,
-                            weighted_eps_loss)
+from qvpo.agent import Mode
+from qvpo.diffusion import (NoisePredictor, NoisePredictorAgent, NoisePredictorSettings, best_candidate,
+                            ddpm_sample, weighted_eps_loss)
 from qvpo.fastpath import chunk_network
-from qvpo.nets import TwinQ, soft_update, twin_q_step
+from qvpo.nets import soft_update, twin_q_step
 from qvpo.settings import require_positive
 
 
@@ -97,21 +98,6 @@ def td_target(reward: torch.Tensor, done: torch.Tensor, gamma: float, next_score
     return reward + gamma * (1 - done) * next_scores.max(dim=1, keepdim=True).values
 
 
-def best_candidate(critic: TwinQ, states: torch.Tensor, candidates: torch.Tensor,
-                   factored: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """The candidate [B, A] with the largest min(Q1, Q2), and all scores [B, K], from candidates [B, K, A].
-    A TwinQ is scored factored (twin_min_q); factored=False, or any other critic, scores the B*K materialised
-    rows with critic.min_q (the authors' order)."""
-    B, K, A = candidates.shape
-    if factored and isinstance(critic, TwinQ):
-        scores = twin_min_q(critic, states, candidates)
-    else:
-        s = states.unsqueeze(1).expand(B, K, states.shape[1]).reshape(B * K, -1)
-        scores = critic.min_q(s, candidates.reshape(B * K, A)).view(B, K)
-    best = scores.argmax(dim=1)
-    return candidates[torch.arange(B, device=states.device), best], scores
-
-
 class CompiledChunkNetwork:
     """torch.compile of the sampler's per-chunk network (CUDA: reduce-overhead mode; CPU: default mode).
     Where torch.compile cannot run (inductor needs a C++ compiler on the CPU, triton on CUDA), it says so once
@@ -143,13 +129,12 @@ class QVPO(NoisePredictorAgent):
     Settings = QVPOSettings
     metrics = ("q_loss", "actor_loss", "w_eq", "omega_ent", "q_mean")
     extra_eval_modes = ("single",)
-    factored: ClassVar[bool] = True
-    """Evaluate the networks factored and chunked (ours); False: in the authors' order (the benchmark's reference)."""
-
     def __init__(self, obs_dim, act_dim, settings: QVPOSettings, device, total_steps, seed):
         super().__init__(obs_dim, act_dim, settings, device, total_steps, seed)
         self.sample_dtype = getattr(torch, settings.sample_dtype)
         self.sample_network = CompiledChunkNetwork(device) if settings.compile else None
+        if settings.compile:  # what torch.compile compiles is the factored sampler's chunk network, on CUDA too
+            self.factored = True
 
     def sample(self, actor: NoisePredictor, states: torch.Tensor, k: int) -> torch.Tensor:
         return ddpm_sample(actor, self.schedule, states, k, dtype=self.sample_dtype, factored=self.factored,
@@ -157,13 +142,13 @@ class QVPO(NoisePredictorAgent):
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor, mode: str) -> torch.Tensor:
-        if mode in ("single", "policy") or (mode == "explore" and self.cfg.kb == 1):
+        if mode in ("single", Mode.POLICY) or (mode == Mode.EXPLORE and self.cfg.kb == 1):
             return self.sample(self.actor, obs, 1)[:, 0]
-        k = self.cfg.kb if mode == "explore" else self.cfg.eval_candidates
+        k = self.cfg.kb if mode == Mode.EXPLORE else self.cfg.eval_candidates
         action, _ = best_candidate(self.critic, obs, self.sample(self.actor, obs, k), self.factored)
         return action
 
-    def train_step(self, b: dict[str, torch.Tensor]) -> dict[str, float]:
+    def train_step(self, b: dict[str, torch.Tensor], step: int) -> dict[str, float]:
         c = self.cfg
         done = self.bootstrap_mask(b)
 
@@ -189,7 +174,7 @@ class QVPO(NoisePredictorAgent):
             act_rows, s_rows, w_rows = candidates[torch.arange(B, device=states.device), best], states, w_eq
 
         # 3. entropy: Ne uniform actions per state, weighted omega * w_eq
-        omega = entropy_weight(self.current_step, self.total_steps, c.omega_ent, c.omega_ent_min)
+        omega = entropy_weight(step, self.total_steps, c.omega_ent, c.omega_ent_min)
         uniform = torch.rand(B * c.ne, self.act_dim, device=states.device) * 2 - 1
         s_uniform = states.repeat_interleave(c.ne, dim=0)
         w_uniform = (omega * w_eq).repeat_interleave(c.ne)
@@ -208,7 +193,3 @@ class QVPO(NoisePredictorAgent):
         soft_update(self.actor_target, self.actor, c.tau)
         return {"q_loss": q_loss, "actor_loss": actor_loss.detach(), "w_eq": w_eq.mean(),
                 "omega_ent": omega, "q_mean": scores.mean()}
-
-    def update(self, step: int) -> dict[str, float]:
-        self.current_step = step
-        return super().update(step)

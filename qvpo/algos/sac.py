@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from qvpo.agent import OffPolicyAgent
+from qvpo.agent import Mode, OffPolicyAgent
 from qvpo.nets import TwinQ, mlp, soft_update, twin_q_step
-from qvpo.settings import OffPolicySettings
+from qvpo.settings import OffPolicySettings, widths
 
 
 @dataclass
@@ -22,12 +22,12 @@ class SACSettings(OffPolicySettings):
 
     warmup_steps: int = 5000
     """Uniform-random steps before learning (CleanRL learning_starts 5e3)."""
-    hidden: list[int] = (256, 256)
+    hidden: list[int] = widths(256, 256)
     """Actor and critic hidden widths, ReLU (CleanRL)."""
-    policy_lr: float = 3e-4
-    """Actor learning rate (CleanRL policy_lr)."""
-    q_lr: float = 1e-3
-    """Critic and temperature learning rate (CleanRL q_lr)."""
+    actor_lr: float = 3e-4
+    """Actor learning rate (CleanRL policy_lr; the old name policy_lr still loads)."""
+    critic_lr: float = 1e-3
+    """Critic and temperature learning rate (CleanRL q_lr; the old name q_lr still loads)."""
     tau: float = 0.005
     """Target smoothing coefficient (CleanRL tau)."""
     policy_frequency: int = 2
@@ -42,9 +42,6 @@ class SACSettings(OffPolicySettings):
     """Lower bound of the actor's log-std (CleanRL LOG_STD_MIN)."""
     log_std_max: float = 2.0
     """Upper bound of the actor's log-std (CleanRL LOG_STD_MAX)."""
-
-    def __post_init__(self):
-        self.hidden = list(self.hidden)
 
 
 class TanhGaussianActor(nn.Module):
@@ -91,11 +88,11 @@ class SAC(OffPolicyAgent):
         self.actor = TanhGaussianActor(obs_dim, act_dim, c.hidden, c.log_std_min, c.log_std_max).to(device)
         self.critic = TwinQ(obs_dim, act_dim, c.hidden).to(device)
         self.critic_target = copy.deepcopy(self.critic)
-        self.q_optimizer = torch.optim.Adam(self.critic.parameters(), lr=c.q_lr, fused=True)
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=c.policy_lr, fused=True)
+        self.q_optimizer = torch.optim.Adam(self.critic.parameters(), lr=c.critic_lr, fused=True)
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=c.actor_lr, fused=True)
         self.target_entropy = -float(act_dim)
         self.log_alpha = torch.zeros(1, device=device, requires_grad=True)
-        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=c.q_lr, fused=True)
+        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=c.critic_lr, fused=True)
 
     def alpha(self) -> torch.Tensor:
         return self.log_alpha.detach().exp() if self.cfg.autotune else torch.tensor(self.cfg.alpha)
@@ -103,9 +100,9 @@ class SAC(OffPolicyAgent):
     @torch.no_grad()
     def act(self, obs: torch.Tensor, mode: str) -> torch.Tensor:
         action, _, mean = self.actor.sample(obs)
-        return mean if mode == "evaluate" else action
+        return mean if mode == Mode.EVALUATE else action
 
-    def train_step(self, b: dict[str, torch.Tensor]) -> dict[str, float]:
+    def train_step(self, b: dict[str, torch.Tensor], step: int) -> dict[str, float]:
         c = self.cfg
         alpha = self.alpha()
         with torch.no_grad():

@@ -35,14 +35,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from qvpo.agent import OffPolicyAgent
-from qvpo.algos.qvpo import best_candidate
-from qvpo.diffusion import (DiffusionSchedule, NoisePredictor, ScaledSinusoidalEmb, _update, init_haiku,
-                            linear_beta_schedule, q_sample, temperature_loss, twin_min_q)
-from qvpo.fastpath import ChunkedMishMLP, chunk_threads
+from qvpo.agent import Mode, OffPolicyAgent
+from qvpo.diffusion import (DiffusionSchedule, NoisePredictor, ScaledSinusoidalEmb, best_candidate, ddpm_sample,
+                            init_haiku, linear_beta_schedule, min_q_scores, q_sample, temperature_loss)
+from qvpo.fastpath import on_fast_path
 from qvpo.errors import UserError
 from qvpo.nets import TwinQ, soft_update, twin_q_step
-from qvpo.settings import OffPolicySettings, require_positive
+from qvpo.settings import OffPolicySettings, require_positive, widths
 
 SOURCE = "mahaitongdae/diffusion_policy_online_rl@a50cf41"
 
@@ -73,7 +72,7 @@ class DiffusionACSettings(OffPolicySettings):
     """Width of the time embedding (authors' relax/network/blocks.py DACERPolicyNet time_dim)."""
     time_hidden: int = 32
     """Hidden width of the time embedding's MLP (authors' blocks.py DACERPolicyNet: Linear(2 time_dim))."""
-    critic_hidden: list[int] = (256, 256, 256)
+    critic_hidden: list[int] = widths(256, 256, 256)
     """Twin critics, Mish (authors' train_mujoco.py --hidden_dim 256 --hidden_num 3, mish)."""
     n_particles: int = 32
     """Samples per state when acting and for a'; the best by min Q acts (authors' train_mujoco.py --num_particles)."""
@@ -105,9 +104,6 @@ class DiffusionACSettings(OffPolicySettings):
     """Soft update of the target critics and actor (authors' sdac.py/dpmd.py tau)."""
     reward_scale: float = 0.2
     """Factor on rewards in the TD target (authors' sdac.py/dpmd.py reward_scale)."""
-
-    def __post_init__(self):
-        self.critic_hidden = list(self.critic_hidden)
 
     def validate(self) -> None:
         require_positive(self, "update_every", "diffusion_steps", "hidden", "time_hidden", "n_particles",
@@ -151,36 +147,6 @@ class SDACNoiseNet(NoisePredictor):
 
 
 # --------------------------------------------------------------------------- sampler and acting
-
-
-@torch.no_grad()
-def sdac_sample(model: NoisePredictor, schedule: DiffusionSchedule, s: torch.Tensor, n_candidates: int = 1,
-                init_scale: float = 0.5, clip: float = 1.0) -> torch.Tensor:
-    """The authors' p_sample for K = n_candidates actions per state: s [B, S] -> [B, K, A].
-
-    x_T ~ init_scale N(0, I); for t = T-1..0: eps = model(x_t, t, s); x_0 = clip(sqrt(1/abar) x_t - sqrt(1/abar - 1)
-    eps); x_{t-1} = coef1 x_0 + coef2 x_t + [t > 0] sigma_t z; a final clip (a no-op: at t = 0, coef1 = 1 and
-    coef2 = 0). The step is ddpm_sample's (qvpo.diffusion._update) and so is the factored network; only x_T's
-    scale differs, so this is ddpm_sample with that one change. Rows are candidate-major, as their vmap over keys.
-    """
-    B, A, K = s.shape[0], model.act_dim, n_candidates
-    N = B * K
-    dev = s.device
-    coeffs = schedule.step_coefficients()
-    x = torch.randn(N, A, device=dev).mul_(init_scale)
-    x0, z = torch.empty_like(x), torch.empty_like(x)
-    with chunk_threads(dev, N) as workers:
-        w_a, _, _, _ = model.first_layer_split()
-        net = ChunkedMishMLP(w_a, model.hidden_layers(), B, K, workers=workers)
-        s_feat = model.state_features(s)
-        t_feat = model.time_features(schedule.T)
-        base = torch.empty_like(s_feat)
-        for t in reversed(range(schedule.T)):
-            eps = net(x, torch.add(s_feat, t_feat[t], out=base))
-            torch.randn(N, A, device=dev, out=z)
-            _update(x, eps, x0, coeffs[t], clip, z if t > 0 else None)
-    x.clamp_(-clip, clip)
-    return x.view(K, B, A).transpose(0, 1).contiguous()
 
 
 def exploration_std(log_alpha: torch.Tensor, noise_scale: float) -> torch.Tensor:
@@ -257,6 +223,7 @@ class DiffusionACAgent(OffPolicyAgent):
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=c.actor_lr)
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=c.critic_lr)
         self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=c.alpha_lr)
+        self.factored = on_fast_path(device)  # the networks factored and chunked (a CPU), else plain (CUDA)
 
     def update(self, step: int) -> dict[str, float]:
         """Learns once every `update_every` env steps after warm-up (the first at warmup_steps + update_every)."""
@@ -265,13 +232,15 @@ class DiffusionACAgent(OffPolicyAgent):
         return super().update(step)
 
     def sample(self, actor: NoisePredictor, states: torch.Tensor, k: int) -> torch.Tensor:
-        return sdac_sample(actor, self.schedule, states, k, self.cfg.init_scale)
+        """The authors' p_sample: DDPM ancestral sampling from x_T ~ init_scale N(0, I), K = k actions per state."""
+        return ddpm_sample(actor, self.schedule, states, k, factored=self.factored, init_scale=self.cfg.init_scale)
 
     @torch.no_grad()
     def best_action(self, actor: NoisePredictor, states: torch.Tensor, noise: bool) -> torch.Tensor:
         """The authors' get_action: the best of n_particles samples by the current critics' min Q, plus
         exploration noise (not clipped) when `noise`; their evaluation sets alpha = 0, i.e. no noise."""
-        action, _ = best_candidate(self.critic, states, self.sample(actor, states, self.cfg.n_particles))
+        action, _ = best_candidate(self.critic, states, self.sample(actor, states, self.cfg.n_particles),
+                                   self.factored)
         if noise:
             action = action + exploration_std(self.log_alpha, self.cfg.noise_scale) * torch.randn_like(action)
         return action
@@ -279,9 +248,9 @@ class DiffusionACAgent(OffPolicyAgent):
     @torch.no_grad()
     def act(self, obs: torch.Tensor, mode: str) -> torch.Tensor:
         actor = self.actor_target if self.cfg.act_with_target_actor else self.actor
-        if mode == "policy":
+        if mode == Mode.POLICY:
             return self.sample(actor, obs, 1)[:, 0]
-        return self.best_action(actor, obs, noise=mode == "explore")
+        return self.best_action(actor, obs, noise=mode == Mode.EXPLORE)
 
     @property
     def update_index(self) -> int:
@@ -327,7 +296,7 @@ class SDAC(DiffusionACAgent):
     Settings = SDACSettings
     metrics = ("q_loss", "actor_loss", "alpha", "q_mean", "weight_max")
 
-    def train_step(self, b: dict[str, torch.Tensor]) -> dict[str, float]:
+    def train_step(self, b: dict[str, torch.Tensor], step: int) -> dict[str, float]:
         c = self.cfg
         states = b["obs"]
         metrics = {"alpha": self.log_alpha.detach().exp()}
@@ -344,15 +313,15 @@ class SDAC(DiffusionACAgent):
                 a_t = q_sample(self.schedule, a0, t, torch.randn_like(a0))
                 eps = torch.randn(states.shape[0], c.reverse_mc, self.act_dim, device=states.device)
                 x0 = reverse_sampling_x0(self.schedule, a_t, t, eps)
-                weights = reverse_sampling_weights(twin_min_q(self.critic, states, x0), self.log_alpha.exp(),
-                                                   c.q_weight_scale)
+                scores = min_q_scores(self.critic, states, x0, self.factored)
+                weights = reverse_sampling_weights(scores, self.log_alpha.exp(), c.q_weight_scale)
 
         # 1b. critic step
         metrics["q_loss"] = twin_q_step(self.critic, self.critic_optimizer, states, b["action"], y)
 
         # 2b. actor step on the reverse-sampling weighted loss
         if self.policy_due():
-            predicted = self.actor.forward_factored(a_t, t, states, T=self.schedule.T)
+            predicted = self.actor.predict_noise(a_t, t, states, self.factored, T=self.schedule.T)
             actor_loss = reverse_sampling_loss(predicted, eps, weights)
             self.actor_step(actor_loss)
             metrics["actor_loss"] = actor_loss.detach()

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import torch
 
-from qvpo.agent import OffPolicyAgent
+from qvpo.agent import Mode, OffPolicyAgent
 from qvpo.nets import TwinQ, mlp, soft_update, twin_q_step
-from qvpo.settings import OffPolicySettings
+from qvpo.settings import OffPolicySettings, widths
 
 
 @dataclass
@@ -21,7 +21,7 @@ class TD3Settings(OffPolicySettings):
 
     warmup_steps: int = 25000
     """Uniform-random steps before learning (CleanRL learning_starts 25e3)."""
-    hidden: list[int] = (256, 256)
+    hidden: list[int] = widths(256, 256)
     """Actor and critic hidden widths, ReLU (CleanRL)."""
     learning_rate: float = 3e-4
     """Actor and critic learning rate (CleanRL)."""
@@ -35,9 +35,6 @@ class TD3Settings(OffPolicySettings):
     """Clip of the target policy smoothing noise (CleanRL)."""
     policy_frequency: int = 2
     """Updates between actor and target updates (CleanRL)."""
-
-    def __post_init__(self):
-        self.hidden = list(self.hidden)
 
 
 def smoothed_target_action(target_action: torch.Tensor, noise: torch.Tensor, policy_noise: float,
@@ -63,11 +60,11 @@ class TD3(OffPolicyAgent):
     @torch.no_grad()
     def act(self, obs: torch.Tensor, mode: str) -> torch.Tensor:
         action = self.actor(obs)
-        if mode == "evaluate":
+        if mode == Mode.EVALUATE:
             return action
         return (action + torch.randn_like(action) * self.cfg.exploration_noise).clamp(-1.0, 1.0)
 
-    def train_step(self, b: dict[str, torch.Tensor]) -> dict[str, float]:
+    def train_step(self, b: dict[str, torch.Tensor], step: int) -> dict[str, float]:
         c = self.cfg
         with torch.no_grad():
             next_action = smoothed_target_action(self.actor_target(b["next_obs"]), torch.randn_like(b["action"]),

@@ -22,7 +22,9 @@ class AuthorsOrderQVPO(QVPO):
     every candidate at every step (ddpm_sample factored=False), the critics on B*K materialised rows, the loss
     through the plain forward, torch's Mish throughout."""
 
-    factored = False
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.factored = False
 
 
 def matmul_shapes(quick: bool) -> dict[str, tuple[int, int, int]]:
@@ -70,10 +72,9 @@ def bench_update(obs_dim: int, act_dim: int, quick: bool, with_compile: bool, wa
     for name, (cls, overrides) in variants(quick, with_compile).items():
         torch.manual_seed(0)
         settings[name] = QVPOSettings(**overrides)
-        agent = cls(obs_dim, act_dim, settings[name], torch.device("cpu"), 1_000_000, 0)
-        agent.current_step = settings[name].warmup_steps  # the entropy weight's schedule position
-        agents[name] = agent
+        agents[name] = cls(obs_dim, act_dim, settings[name], torch.device("cpu"), 1_000_000, 0)
     batch = random_batch(obs_dim, act_dim, settings["ours fp32"].batch_size, gen)
+    step = settings["ours fp32"].warmup_steps  # the entropy weight's schedule position
     shapes = matmul_shapes(quick)
     seconds = {name: [] for name in agents}
     first = {}
@@ -81,7 +82,7 @@ def bench_update(obs_dim: int, act_dim: int, quick: bool, with_compile: bool, wa
     for round_ in range(warmup + repeats):
         for name, agent in agents.items():
             start = time.perf_counter()
-            agent.train_step(batch)
+            agent.train_step(batch, step)
             took = time.perf_counter() - start
             if round_ == 0:
                 first[name] = took
@@ -104,7 +105,7 @@ def bench_update(obs_dim: int, act_dim: int, quick: bool, with_compile: bool, wa
         if agents[name].sample_network is not None:
             results[name].update(compile_s=first[name] - ms / 1e3, compiled=agents[name].sample_network.active)
         else:  # a compiled update's products are inductor's kernels, not the aten ops the profile counts
-            products = profile_products(lambda agent=agents[name]: agent.train_step(batch), calls=1)
+            products = profile_products(lambda agent=agents[name]: agent.train_step(batch, step), calls=1)
             results[name].update(products, ceiling_fraction_of_matmul=(
                 sum(flops.values()) / (products["product_ms"] / 1e3) / 1e9 / reference))
     return {"obs_dim": obs_dim, "act_dim": act_dim, "warmup_updates": warmup, "timed_updates": repeats,

@@ -19,7 +19,6 @@ files, so a changed hash means a missing file and the jobs that make it and foll
 import hashlib
 import json
 import shlex
-import sys
 from functools import cache
 from pathlib import Path
 
@@ -101,11 +100,8 @@ def algo_code_hash(algo: str, evaluation: bool = False) -> str:
 
 
 def authors_env_settings(algo: str, env: str) -> dict:
-    """An algorithm module's own per-env settings table (`env_settings(env_id)`), if it has one."""
-    if algo not in registry.ALGORITHMS:
-        return {}
-    table = getattr(sys.modules[registry.get(algo).__module__], "env_settings", None)
-    return table(env) if table is not None else {}
+    """The algorithm's own per-env settings (its agent class's `env_settings(env_id)`)."""
+    return registry.get(algo).env_settings(env) if algo in registry.ALGORITHMS else {}
 
 
 @cache
