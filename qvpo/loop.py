@@ -82,8 +82,7 @@ class Trainer:
         self.device = pick_device(req.device)
         if req.threads:
             torch.set_num_threads(req.threads)
-        self.run_dir = Path(req.out)
-        self.rundir = RunDir(self.run_dir)
+        self.run_dir = RunDir(Path(req.out))
         self.code = runlog.code_hash(req.algo)
         self.code_definitions = runlog.code_definitions(req.algo)
         self.settings_dict = as_dict(self.settings)
@@ -95,8 +94,8 @@ class Trainer:
     # -- run directory ------------------------------------------------------------------
     def check_dir(self) -> dict | None:
         """Refuse a directory of another run (touching nothing); returns this run's existing meta, if any."""
-        d = self.run_dir
-        meta = self.rundir.meta
+        d = self.run_dir.path
+        meta = self.run_dir.meta
         if self.req.restart:
             return None
         if meta is not None and meta.get("identity") != self.identity:
@@ -136,9 +135,9 @@ class Trainer:
         return f"code: {_listed(changed)}"
 
     def create_dir(self) -> None:
-        if self.req.restart and self.run_dir.exists():
-            shutil.rmtree(self.run_dir)
-        self.rundir.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        if self.req.restart and self.run_dir.path.exists():
+            shutil.rmtree(self.run_dir.path)
+        self.run_dir.checkpoint_dir.mkdir(parents=True, exist_ok=True)
 
     def _meta_base(self) -> dict:
         r = self.req
@@ -147,24 +146,24 @@ class Trainer:
 
     # -- checkpoint ---------------------------------------------------------------------
     def save_checkpoint(self, step: int) -> None:
-        ckdir = self.rundir.checkpoint_dir
+        ckdir = self.run_dir.checkpoint_dir
         storage = {name: buf.save_blocks(ckdir, name, step) for name, buf in self.agent.storage().items()}
         state = {"step": step, "agent": self.agent.state_dict(), "pool": self.pool.state(), "rng": rng_state(),
                  "action_rng": self.action_rng.bit_generator.state, "episode": self.episode_state(),
                  "metric_sums": dict(self.metric_sums),
                  "metric_counts": dict(self.metric_counts), "storage": storage,
                  "wall_time": self.wall_time(), "last_eval": self.last_eval}
-        checkpoint.save(state, self.rundir.state_file)
-        keep = {self.rundir.state_file.name} | {f for buf in self.agent.storage().values() for f in buf.files()}
+        checkpoint.save(state, self.run_dir.state_file)
+        keep = {self.run_dir.state_file.name} | {f for buf in self.agent.storage().values() for f in buf.files()}
         for f in ckdir.iterdir():
             if f.name not in keep and not f.name.startswith("."):
                 f.unlink()
         self.meta.update(step=step, wall_time_s=round(self.wall_time(), 3), last_eval_return=self.last_eval)
-        self.rundir.write_meta(self.meta)
+        self.run_dir.write_meta(self.meta)
 
     def load_checkpoint(self) -> int:
-        ckdir = self.rundir.checkpoint_dir
-        state = checkpoint.load(self.rundir.state_file)
+        ckdir = self.run_dir.checkpoint_dir
+        state = checkpoint.load(self.run_dir.state_file)
         self.agent.load_state_dict(state["agent"])
         for name, buf in self.agent.storage().items():
             buf.load_blocks(ckdir, state["storage"][name])
@@ -190,7 +189,7 @@ class Trainer:
         req, s = self.req, self.settings
         old_meta = self.check_dir()
         if old_meta is not None and old_meta.get("status") == "complete" and old_meta.get("step", 0) >= req.steps:
-            print(f"qvpo: {self.run_dir} is already complete at {old_meta['step']} steps", file=sys.stderr)
+            print(f"qvpo: {self.run_dir.path} is already complete at {old_meta['step']} steps", file=sys.stderr)
             return 0
 
         seed_everything(req.seed)
@@ -208,12 +207,12 @@ class Trainer:
         eval_cols = ["step", "return_mean", "return_std", "episodes"]
         for m in modes[1:]:
             eval_cols += [f"return_mean_{m}", f"return_std_{m}"]
-        self.eval_log = runlog.CsvLog(self.rundir.log("eval.csv"), eval_cols + ["wall_time_s"])
-        self.train_log = runlog.CsvLog(self.rundir.log("train.csv"),
+        self.eval_log = runlog.CsvLog(self.run_dir.log("eval.csv"), eval_cols + ["wall_time_s"])
+        self.train_log = runlog.CsvLog(self.run_dir.log("train.csv"),
                                        ["step", "episode_return", "episode_length", *self.agent_cls.metrics])
         self.logs = [self.eval_log, self.train_log]
         if s.record_actions_every:
-            self.actions_log = runlog.CsvLog(self.rundir.log("actions.csv"),
+            self.actions_log = runlog.CsvLog(self.run_dir.log("actions.csv"),
                                              ["step", "sample", *[f"a{i}" for i in range(self.pool.act_dim)]])
             self.logs.append(self.actions_log)
 
@@ -223,10 +222,10 @@ class Trainer:
         if old_meta and old_meta.get("code_hash") != self.code:  # --accept-code-change: say which code ran when
             code_history.append({"code_hash": old_meta.get("code_hash"), "git_commit": old_meta.get("git_commit"),
                                  "until_step": old_meta.get("step")})
-        if self.rundir.state_file.exists():
+        if self.run_dir.state_file.exists():
             step = self.load_checkpoint()
             resumes.append(step)
-            print(f"qvpo: resuming {self.run_dir} from step {step}", file=sys.stderr)
+            print(f"qvpo: resuming {self.run_dir.path} from step {step}", file=sys.stderr)
             for log in self.logs:
                 log.truncate_after(step)
         else:
@@ -239,10 +238,10 @@ class Trainer:
                      "threads": torch.get_num_threads(), "status": "running",
                      "steps": req.steps, "step": step, "resumed_from_step": resumes, "code_history": code_history,
                      "wall_time_s": round(self.time_before, 3), "last_eval_return": self.last_eval}
-        self.rundir.write_config(req.algo, req.env_id, req.seed, self.settings_dict)
-        self.rundir.write_meta(self.meta)
+        self.run_dir.write_config(req.algo, req.env_id, req.seed, self.settings_dict)
+        self.run_dir.write_meta(self.meta)
 
-        progress = Progress(req.steps, step, self.run_dir, req.progress)
+        progress = Progress(req.steps, step, self.run_dir.path, req.progress)
         old_handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGUSR1)}
         time_left = slurm_time_left()
         if time_left is not None:
@@ -253,17 +252,17 @@ class Trainer:
             self._loop(step, modes, progress)
         except Diverged as e:
             self.meta.update(status="diverged", diverged=str(e))
-            self.rundir.write_meta(self.meta)
+            self.run_dir.write_meta(self.meta)
             raise RunStopped(f"run diverged: {e}; the last good checkpoint (step {self.meta['step']}) is kept") from None
         except RunStopped:
             try:
-                self.rundir.write_meta(self.meta)
+                self.run_dir.write_meta(self.meta)
             except OSError:
                 pass  # the disk that refused the checkpoint may refuse this too; meta.json stays as it was
             raise
         except Interrupted as e:
             self.meta.update(status="interrupted")
-            self.rundir.write_meta(self.meta)
+            self.run_dir.write_meta(self.meta)
             print(f"qvpo: {e.reason}; checkpoint at step {self.meta['step']}, "
                   "rerun the same command to resume", file=sys.stderr)
             return e.exit_code
@@ -275,7 +274,7 @@ class Trainer:
                 log.close()
             self.pool.close()
         self.meta.update(status="complete" if req.stop_at is None else "stopped")
-        self.rundir.write_meta(self.meta)
+        self.run_dir.write_meta(self.meta)
         return 0
 
     def _on_signal(self, signum, frame) -> None:

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The CUDA path's checks, for a machine with a GPU (no GPU was lent to the sittings that wrote this):
 #   1. the tests whose math runs on the default device (they pick CUDA when present);
-#   2. a short `qvpo train --device cuda` of every algorithm, each then resumed from its checkpoint;
+#   2. a short `qvpo train --device cuda` of every algorithm, each then resumed from its checkpoint, and
+#      QVPO with compile=true (the one factored network on CUDA);
 #   3. `qvpo bench --quick` on that machine.
 # Output under ${OUT:-results/bench/gpu}: one log per step, nvidia-smi's description of the card.
 #   bash scripts/gpu_check.sh
@@ -29,6 +30,11 @@ for algo in sac td3 ppo spo qvpo dipo qsm dacer sdac dpmd; do
         m['device'].startswith('cuda'), m; print(sys.argv[2], 'ok on', m['machine'].get('gpu'))" "$run/meta.json" "$algo" \
         | tee -a "$OUT/train.log"
 done
+
+run=$(mktemp -d)/run
+qvpo train --algo qvpo --env Hopper-v5 --steps 400 --out "$run" --device cuda --progress log --set compile=true \
+    --set eval_every=400 --set eval_episodes=2 --set warmup_steps=200 >> "$OUT/train.log" 2>&1
+echo "qvpo compile=true ok" | tee -a "$OUT/train.log"
 
 qvpo bench --quick --out "$OUT" 2>&1 | tee "$OUT/bench.log"
 echo "gpu_check: all passed; logs in $OUT"

@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from qvpo.errors import UserError
+from qvpo.rundir import RunDir
 
 LAST = 3
 """Evaluations averaged for a run's late return (the learning checks' criterion)."""
@@ -81,14 +82,12 @@ def run_path(root: Path, env: str, algo: str, seed: int) -> Path:
 
 def why_not_complete(path: Path) -> str | None:
     """None for a complete run, else what is wrong with it."""
-    meta_path = path / "meta.json"
-    if not meta_path.exists():
+    if not (path / "meta.json").exists():
         return "not run" if not path.exists() else "no meta.json"
-    try:
-        status = json.loads(meta_path.read_text()).get("status")
-    except (OSError, json.JSONDecodeError):
+    meta = RunDir(path).meta
+    if meta is None:
         return "unreadable meta.json"
-    return None if status == "complete" else f"status {status}"
+    return None if meta.get("status") == "complete" else f"status {meta.get('status')}"
 
 
 def parse_block(envs: str, algos: str, seeds: str) -> list[tuple[str, str, int]]:
@@ -117,7 +116,7 @@ def complete_runs(root: Path, grid: list[tuple[str, str, int]], allow_missing: b
         if problem is not None:
             missing.append(f"({env}, {algo}, {seed}): {problem}")
             continue
-        runs.append(Run(env, algo, seed, path, json.loads((path / "meta.json").read_text()), reference))
+        runs.append(Run(env, algo, seed, path, RunDir(path).meta, reference))
     if missing and not allow_missing:
         raise UserError(f"{len(missing)} of {len(grid)} runs under {root} are missing or unfinished: "
                         f"{'; '.join(missing)} (pass --allow-missing to report the others)")
