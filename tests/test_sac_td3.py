@@ -93,3 +93,20 @@ def test_no_learning_during_warmup():
     agent = filled(SAC, SACSettings(warmup_steps=10, batch_size=8, hidden=[8, 8]))
     assert agent.update(10) == {} and agent.n_updates == 0
     assert "q_loss" in agent.update(11)
+
+
+def test_sacs_old_learning_rate_names_still_load(tmp_path):
+    # SAC's settings were CleanRL's policy_lr and q_lr; a config (or a committed run's config.yaml) with them loads
+    from qvpo.errors import UserError
+    from qvpo.settings import load_yaml_mapping, resolve
+
+    old = tmp_path / "sac.yaml"
+    old.write_text("policy_lr: 0.0001\nq_lr: 0.002\nhidden: [64, 64]\n")
+    s = resolve(SACSettings, load_yaml_mapping(old))
+    assert (s.actor_lr, s.critic_lr, s.hidden) == (1e-4, 2e-3, [64, 64])
+    agent = SAC(3, 2, s, torch.device("cpu"), 100, 0)
+    assert [g["lr"] for g in agent.actor_optimizer.param_groups] == [1e-4]
+    assert agent.q_optimizer.param_groups[0]["lr"] == agent.alpha_optimizer.param_groups[0]["lr"] == 2e-3
+    with pytest.raises(UserError, match="'q_lr' is the old name of 'critic_lr'"):
+        resolve(SACSettings, {"q_lr": 1e-3, "critic_lr": 1e-3})
+    assert SACSettings().hidden is not SACSettings().hidden  # each instance owns its widths list
