@@ -110,7 +110,8 @@ def rerun(run_dir: Path, out: Path, until: int | None, updates: int = VERIFY_UPD
     if expect_identity is not None and trainer.identity != expect_identity:
         raise UserError(f"this code gives {run_dir} the identity {trainer.identity}, not {expect_identity}: "
                         "it did not make the run")
-    trainer.run()
+    if trainer.run() != 0:
+        raise UserError(f"the re-run of {run_dir} was interrupted before step {stop}")
     return trainer
 
 
@@ -189,6 +190,8 @@ def cmd_verify(args) -> int:
     """Each run in turn; the exit code is the worst outcome (OUTCOMES, by number)."""
     if args.reference is not None:
         args.reference = resolve_reference(args.reference)
+    elif args.reference_cache is not None:
+        raise UserError("--reference-cache keeps re-runs of the reference code: it needs --reference")
     if len(args.run_dirs) == 1:
         return verify(args.run_dirs[0], args)
     from qvpo.cli import one_line
@@ -223,6 +226,13 @@ def verify(run_dir: Path, args) -> int:
                         "its numbers are bit-exact only on the machine kind that trained it, so verify it there, "
                         "or here against the code that made it (--reference COMMIT)")
     stop = verify_stop(config, meta["steps"], args.updates)
+    needs_reference = args.reference is not None and not same_kind
+    cached = cache_place(args.reference_cache, run_dir) if needs_reference and args.reference_cache else None
+    current = runlog.identity(config["algo"], config["env"], config["seed"], current_settings(config),
+                              current_code(config["algo"]).hash)
+    if needs_reference and current == meta["identity"]:  # adopted already (e.g. by an interrupted batch)
+        print(f"qvpo: {run_dir} already has this code's identity {current}: nothing to adopt")
+        return 0
     if meta.get("step", 0) < stop:
         raise UserError(f"{run_dir} has reached step {meta.get('step', 0)}; verify needs it at step {stop} or beyond")
     print(f"qvpo: verify {run_dir}: re-running steps 0 to {stop} of {meta['steps']} on the current code "
@@ -234,8 +244,8 @@ def verify(run_dir: Path, args) -> int:
         # differ) a re-run of the reference code here does
         differences = logs_differences(run_dir, fresh, stop) if recorded is None or same_kind else None
         how = f"qvpo verify: logs equal up to step {stop}"
-        if args.reference is not None and not same_kind and differences != []:
-            reference = reference_rerun(args, run_dir, meta["identity"], stop, here, Path(tmp) / "reference")
+        if needs_reference and differences != []:
+            reference = reference_rerun(args.reference, cached, run_dir, meta, stop, here, Path(tmp) / "reference")
             differences = logs_differences(reference, fresh, stop)
             how = (f"qvpo verify --reference {args.reference}: its code and this code log equal values up to "
                    f"step {stop} on {describe(here)}")
@@ -256,17 +266,27 @@ def verify(run_dir: Path, args) -> int:
     return 0
 
 
-def reference_rerun(args, run_dir: Path, identity: str, stop: int, here: dict, out: Path) -> Path:
-    """The run's beginning re-run on the reference code: into `out`, or kept in (and reused from) the
-    reference cache when there is one. A cached re-run counts only for the same run identity, stop,
-    reference and machine kind (its info.json); a partial one is re-run."""
-    if args.reference_cache is None:
-        rerun_on_reference(args.reference, run_dir, out, stop, identity)
-        return out
+def cache_place(cache: Path, run_dir: Path) -> Path:
+    """Where the reference cache keeps a run's reference re-run: under the run directory's absolute path."""
     resolved = run_dir.resolve()
-    key = resolved.relative_to(Path.cwd()) if resolved.is_relative_to(Path.cwd()) else resolved.relative_to("/")
-    cached = args.reference_cache / key
-    info = {"identity": identity, "stop": stop, "reference": args.reference, "machine": here}
+    cached = cache.resolve() / resolved.relative_to(resolved.anchor)
+    if cached == resolved or resolved in cached.parents or cached in resolved.parents:
+        raise UserError(f"--reference-cache {cache} would keep a re-run at {cached}, over the run itself")
+    return cached
+
+
+def reference_rerun(reference: str, cached: Path | None, run_dir: Path, meta: dict, stop: int, here: dict,
+                    out: Path) -> Path:
+    """The run's beginning re-run on the reference code: into `out`, or kept at `cached` (the reference
+    cache's place for it) and reused from there. A kept re-run counts only for the same run (identity,
+    steps, threads, device), stop, reference and machine kind (its info.json, written once the re-run
+    has finished); anything else there is re-run."""
+    identity = meta["identity"]
+    if cached is None:
+        rerun_on_reference(reference, run_dir, out, stop, identity)
+        return out
+    info = {"identity": identity, "steps": meta["steps"], "threads": meta.get("threads"),
+            "device": meta.get("device", "cpu"), "stop": stop, "reference": reference, "machine": here}
     try:
         if json.loads((cached / "info.json").read_text()) == info:
             return cached
@@ -274,7 +294,7 @@ def reference_rerun(args, run_dir: Path, identity: str, stop: int, here: dict, o
         pass
     if cached.exists():
         shutil.rmtree(cached)
-    rerun_on_reference(args.reference, run_dir, cached, stop, identity)
+    rerun_on_reference(reference, run_dir, cached, stop, identity)
     shutil.rmtree(cached / "checkpoint", ignore_errors=True)
     (cached / "info.json").write_text(json.dumps(info, indent=1) + "\n")
     return cached

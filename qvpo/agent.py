@@ -30,7 +30,8 @@ from qvpo.settings import CommonSettings, OffPolicySettings
 
 
 class Mode(str, Enum):
-    """Which policy `act` runs. A str, so an algorithm's extra evaluation modes are plain names beside these."""
+    """Which policy `act` runs. A str (compared and hashed as its value), so an algorithm's extra evaluation modes
+    are plain names beside these; write a member into text as `.value` (f"{Mode.EVALUATE}" names the member)."""
 
     EXPLORE = "explore"
     """The behaviour policy, acting in training."""

@@ -1,4 +1,4 @@
-"""DDPM machinery shared by QVPO and DIPO (and, for the schedule and q_sample, QSM).
+"""DDPM machinery shared by QVPO and DIPO, SDAC and DPMD (and, for the schedule and q_sample, QSM and DACER).
 
 Source of every default: the QVPO authors' code, wadx2019/qvpo@40a1974
 (agent/diffusion.py, agent/model.py, agent/helpers.py; the helpers are DIPO's,
@@ -11,9 +11,9 @@ the state part is computed once per state, the time part once per step value
 (T rows, time-embedding MLP included), and per step only the tiny [N, A] x [A, H]
 action product is left, plus a broadcast add. That is exactly the authors' network,
 only evaluated in a different order (equal within float rounding, tested). The hidden layers
-of that factored network run in qvpo.fastpath (chunks on worker threads, native Mish kernels on
-the CPU. `fastpath.on_fast_path(device)` picks it on a CPU; on CUDA the agents run the plain
-networks (`factored=False` below), the reference the tests hold the fast path to.
+of that factored network run in qvpo.fastpath (chunks on worker threads, native Mish kernels).
+`fastpath.on_fast_path(device)` picks it on a CPU; on CUDA the agents run the plain networks
+(`factored=False` below; QVPO with compile=true excepted), the reference the tests hold the fast path to.
 """
 from __future__ import annotations
 

@@ -7,7 +7,9 @@ candidate scoring's hidden layers run here:
   idle team kept a worker off its core between batches of chunks);
 - mish: Mish as one pass of qvpo.native's C kernels on float32 CPU tensors, else mish_'s torch passes
   (a GPU, torch.compile, a CPU where the kernels do not build).
-On a GPU the same classes run as plain batched products (one chunk, no workers).
+`on_fast_path(device)` chooses it: on a CPU. On a GPU the agents run the plain networks instead, except QVPO
+with compile=true, whose compiled chunk network runs these classes as plain batched products (one chunk,
+no workers).
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from qvpo import native
 
 def mish_(h: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
     """In-place Mish in torch operations, using `tmp` (same shape) as scratch; tmp ends as 1 + e^x + e^2x / 2.
-    The sampler's Mish on a GPU, under torch.compile, and on CPUs where qvpo.native's kernels do not build.
+    The sampler's Mish under torch.compile (on a GPU: compile=true) and on CPUs where qvpo.native's kernels do not build.
 
     mish(x) = x tanh(log(1 + e^x)) = x - x / (1 + e^x + e^2x / 2)   (tanh(log u) = (u^2-1)/(u^2+1), u = 1 + e^x).
     Why: ATen's CPU mish measured ~4x slower than these 4 passes (exp, addcmul, add, addcdiv),

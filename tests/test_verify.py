@@ -211,6 +211,15 @@ def test_the_reference_cache_keeps_a_reference_rerun_for_a_later_verify(sac_run,
     (info,) = cache.rglob("info.json")
     kept = info.parent
     assert json.loads(info.read_text())["stop"] == 400 and not (kept / "checkpoint").exists()
+    assert kept == cache / run.resolve().relative_to("/")
+    # verified again (an adoption resumed after an interruption): already adopted, nothing to re-run
+    out = qvpo(["verify", str(run), "--record", str(tmp_path / "a.csv"), *args], renamed)
+    assert out.returncode == 0 and "nothing to adopt" in out.stdout, out.stderr
+    # a cache over the run itself, or without a reference, is refused before anything runs
+    out = qvpo(["verify", str(run), "--reference", str(PACKAGE.parent), "--reference-cache", "/"], renamed)
+    assert out.returncode == 2 and "over the run itself" in out.stderr, out.stderr
+    out = qvpo(["verify", str(run), "--reference-cache", str(cache)], renamed)
+    assert out.returncode == 2 and "needs --reference" in out.stderr, out.stderr
     # the kept re-run is what a later verify of the same run compares with: altered, it fails
     with_changed_log(kept)
     shutil.rmtree(tmp_path / "first")
@@ -225,8 +234,9 @@ def test_the_reference_cache_keeps_a_reference_rerun_for_a_later_verify(sac_run,
 
 def test_verify_refuses_a_reference_that_did_not_make_the_run(sac_run, tmp_path):
     run = from_another_kind(sac_run, tmp_path)
-    other = changed_copy(tmp_path, "temperature_loss", "temperature_objective", file="")
-    out = qvpo(["verify", str(run), "--updates", "200", "--reference", str(other.parent)])
+    renamed = changed_copy(tmp_path / "renamed", "temperature_loss", "temperature_objective", file="")
+    other = changed_copy(tmp_path, "temperature_loss", "temperature_function", file="")
+    out = qvpo(["verify", str(run), "--updates", "200", "--reference", str(other.parent)], renamed)
     assert out.returncode == 2 and "did not make" in out.stderr, out.stderr
     out = qvpo(["verify", str(run), "--updates", "200", "--reference", "no-such-commit"])
     assert out.returncode == 2 and "neither a checkout" in out.stderr, out.stderr

@@ -58,7 +58,8 @@ class QVPOSettings(NoisePredictorSettings):
     actor_lr: float = 1e-4
     """Diffusion-policy learning rate (authors' main.py diffusion_lr)."""
     sample_dtype: Literal["float32", "bfloat16"] = "float32"
-    """Dtype of the noise net while sampling candidates; bfloat16 trades precision for speed (ours)."""
+    """Dtype of the noise net while sampling candidates; bfloat16 trades precision for speed (ours). On the CPU's
+    fast path only the hidden products run in it; on CUDA's plain path the whole network runs under autocast."""
     compile: bool = False
     """Run the sampler's network through torch.compile (ours): on CUDA in reduce-overhead mode (CUDA graphs;
     untested here), on the CPU in the default mode. Same arithmetic within float rounding."""
