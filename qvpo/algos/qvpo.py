@@ -37,7 +37,7 @@ class QVPOSettings(NoisePredictorSettings):
     diffusion_steps: int = 20
     """T, denoising steps with the cosine schedule (authors' main.py n_timesteps)."""
     nd: int = 64
-    """Nd, candidates per state in the policy step (authors' --sample_num? their default 64)."""
+    """Nd, candidates per state in the policy step (authors' --train_sample 64)."""
     kb: int = 4
     """Kb, candidates of the behaviour policy; the best by Q acts (authors' --behavior_sample 4)."""
     kt: int = 4
